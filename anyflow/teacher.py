@@ -1,0 +1,139 @@
+"""The toy teacher: a tiny WanTransformer3DModel trained by flow matching on toy-world VAE latents.
+
+Flow matching (rectified flow, recipe §1.1/§5): z_σ = (1 − σ)·x₀ + σ·ε, target v = ε − x₀, loss
+‖v_θ(z_σ, σ, c) − v‖². Times σ = shift_s(sigmoid(n)), n ~ N(m, s²) (logit-normal, then the time shift
+σ' = sσ/(1 + (s − 1)σ)); 10% of prompts are replaced by the empty-prompt embedding so CFG works.
+AdamW with warmup + cosine decay, gradient clipping, EMA (diffusers EMAModel), accelerate on CPU.
+The result is saved as a Diffusers `WanPipeline` folder (see `anyflow.toybuild`).
+
+Shapes: latents x₀ [B, C, L, h, w] (teacher layout), prompt embeddings [B, S, D].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from diffusers import WanTransformer3DModel
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from anyflow.schedule import shift_sigma
+
+LogFn = Callable[[Mapping[str, float], int], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherArch:
+    """WanTransformer3DModel size (patch 1x2x2 over the latent, as in Wan2.1)."""
+
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 32
+    ffn_dim: int = 512
+    freq_dim: int = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherTrainHparams:
+    """Flow-matching hyperparameters of the toy teacher."""
+
+    num_steps: int = 4000           # optimizer steps
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0          # max global grad norm
+    ema_decay: float = 0.999
+    ema_start_step: int = 500       # the EMA copies the weights until this step
+    text_dropout: float = 0.1       # fraction of prompts replaced by the empty prompt (enables CFG)
+    logit_mean: float = 0.0         # logit-normal time sampling
+    logit_std: float = 1.0
+    shift: float = 3.0              # time shift s applied to every sampled σ
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.shift <= 0:
+            raise ValueError(f"shift must be > 0, got {self.shift}")
+        if self.num_steps < 1 or self.batch_size < 1:
+            raise ValueError(f"num_steps and batch_size must be >= 1, got {self.num_steps}, {self.batch_size}")
+
+
+def build_transformer(arch: TeacherArch, in_channels: int, text_dim: int, seed: int) -> WanTransformer3DModel:
+    """A seeded, randomly initialised Wan2.1-style transformer of the given size."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=arch.num_attention_heads,
+            attention_head_dim=arch.attention_head_dim, in_channels=in_channels, out_channels=in_channels,
+            text_dim=text_dim, freq_dim=arch.freq_dim, ffn_dim=arch.ffn_dim, num_layers=arch.num_layers,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
+        )
+
+
+def sample_sigma(n: int, hp: TeacherTrainHparams, generator: torch.Generator) -> torch.Tensor:
+    """σ = shift_s(sigmoid(N(m, s²))), (n,) in (0, 1): logit-normal times, then the time shift."""
+    u = torch.sigmoid(hp.logit_mean + hp.logit_std * torch.randn(n, generator=generator))
+    return shift_sigma(u, hp.shift)
+
+
+def flow_matching_loss(
+    model: WanTransformer3DModel, x0: torch.Tensor, text: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """Rectified-flow loss: mean ‖v_θ((1−σ)x₀ + σε, 1000σ, c) − (ε − x₀)‖² (recipe §5, step 4-6)."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    z = (1 - s) * x0 + s * eps                                         # (B, C, L, h, w)
+    v = model(z, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+    return ((v.float() - (eps - x0).float()) ** 2).mean()
+
+
+def train_teacher(
+    model: WanTransformer3DModel,
+    latents: torch.Tensor,
+    prompt_index: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    uncond_embed: torch.Tensor,
+    hp: TeacherTrainHparams,
+    log: LogFn = lambda metrics, step: None,
+    progress: bool = True,
+) -> WanTransformer3DModel:
+    """Train `model` by flow matching on `latents` [N, C, L, h, w] whose prompts are rows of
+    `prompt_embeds` [P, S, D] picked by `prompt_index` [N]. Returns the model with EMA weights."""
+    gen = torch.Generator().manual_seed(hp.seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.99))
+    sched = get_cosine_schedule_with_warmup(opt, hp.warmup_steps, hp.num_steps)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ema = EMAModel(model.parameters(), decay=hp.ema_decay, update_after_step=hp.ema_start_step)
+    model.train()
+    bar = tqdm(range(hp.num_steps), desc="teacher", disable=not progress, mininterval=5)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (hp.batch_size,), generator=gen)
+        x0 = latents[idx].to(accelerator.device)
+        text = prompt_embeds[prompt_index[idx]]
+        drop = torch.rand(hp.batch_size, generator=gen) < hp.text_dropout
+        text = torch.where(drop.view(-1, 1, 1), uncond_embed, text).to(accelerator.device)
+        sigma = sample_sigma(hp.batch_size, hp, gen).to(accelerator.device)
+        eps = torch.randn(x0.shape, generator=gen).to(accelerator.device)
+        loss = flow_matching_loss(model, x0, text, sigma, eps)
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), hp.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}")
+        metrics = {"teacher/loss": loss.item(), "teacher/grad_norm": float(grad_norm),
+                   "teacher/lr": sched.get_last_lr()[0], "teacher/ema_decay": ema.cur_decay_value or 0.0}
+        log(metrics, step)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    model = accelerator.unwrap_model(model)
+    ema.copy_to(model.parameters())
+    return model.eval()

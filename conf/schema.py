@@ -1,0 +1,179 @@
+"""The pipeline's typed configuration: one pydantic model per stage, composed into `PipelineConfig`.
+
+Library hyperparameters (toy world, text encoder, teacher architecture and training) are the frozen
+dataclasses that `anyflow` functions take, composed here so there is one source of truth; pydantic
+validates them (unknown keys, types, `__post_init__` checks). Sections whose library code lands in later
+issues (stage 1, stage 2, evaluation, fine-tuning) carry the recipe's constants (shared/reference/recipe.md).
+Every model forbids unknown keys and is frozen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from anyflow.toybuild import ToyTeacherSpec
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherConfig(Section):
+    """Where the teacher comes from: the built-in toy world, or any Diffusers Wan2.1 folder."""
+
+    source: Literal["toy", "path"] = "toy"
+    path: str | None = None            # a WanPipeline folder (e.g. Wan2.1-T2V-1.3B-Diffusers) when source == "path"
+    toy: ToyTeacherSpec = Field(default_factory=ToyTeacherSpec)  # used when source == "toy"
+    negative_prompt: str = ""          # the unconditional branch (CFG, text dropout)
+
+    @model_validator(mode="after")
+    def _path_given(self):
+        if self.source == "path" and not self.path:
+            raise ValueError("teacher.path is required when teacher.source is 'path'")
+        return self
+
+
+class SynthesisConfig(Section):
+    """Teacher data synthesis: the teacher ODE with CFG -> webdataset shards of latents."""
+
+    prompts: str = "toy"               # "toy", a .jsonl/.parquet/.txt file, or "hf:<dataset>[:<split>]"
+    num_samples: int = Field(2048, ge=1)
+    num_inference_steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(4.0, ge=1.0)
+    batch_size: int = Field(64, ge=1)
+    samples_per_shard: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class LoraConfig(Section):
+    rank: int = Field(32, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    targets: tuple[str, ...] = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ffn.net.0.proj", "ffn.net.2")
+
+
+class Stage1Config(Section):
+    """Forward flow-map training (recipe §6)."""
+
+    num_steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(targets=LoraConfig().targets + (
+        "condition_embedder.time_embedder.linear_1", "condition_embedder.time_embedder.linear_2",
+        "condition_embedder.delta_embedder.linear_1", "condition_embedder.delta_embedder.linear_2")))
+    diffusion_ratio: float = Field(0.5, ge=0, le=1)    # r = t (flow matching)
+    consistency_ratio: float = Field(0.25, ge=0, le=1)  # r = 0
+    fused_guidance_scale: float = Field(3.0, ge=1.0)    # g in P = (u_c - (1-g) sg(u_0)) / g
+    fd_delta: float = Field(0.005, gt=0)                # central-difference step, in sigma units
+    adaptive_c: float = Field(1e-5, gt=0)
+    gate_value: float = Field(0.25, ge=0, le=1)         # interpolated timestep conditioning
+    text_dropout: float = Field(0.1, ge=0, lt=1)
+    shift: float = Field(3.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_start_step: int = Field(100, ge=0)
+    checkpoint_every: int = Field(200, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ratios(self):
+        if self.diffusion_ratio + self.consistency_ratio > 1:
+            raise ValueError(
+                f"stage1.diffusion_ratio + stage1.consistency_ratio must be <= 1, got "
+                f"{self.diffusion_ratio} + {self.consistency_ratio}")
+        return self
+
+
+class Stage2Config(Section):
+    """On-policy flow-map distillation: backward simulation + DMD (recipe §7)."""
+
+    num_steps: int = Field(400, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-6, gt=0)                          # generator
+    critic_lr: float = Field(2e-6, gt=0)
+    betas: tuple[float, float] = (0.0, 0.999)              # both optimisers
+    grad_clip: float = Field(1.0, gt=0)
+    critic_lora: LoraConfig = Field(default_factory=LoraConfig)
+    rollout_budgets: tuple[int, ...] = (2, 4, 8, 16, 50)   # the simulated step count s is drawn from these
+    real_guidance_scale: float = Field(4.0, ge=1.0)        # uncond + w (cond - uncond); the research code's "3.0"
+    dmd_weight: float = Field(1.0, ge=0)
+    flowmap_weight: float = Field(1.0, ge=0)               # the stage-1 loss on data, added to the generator loss
+    critic_updates_per_generator_update: int = Field(1, ge=1)
+    teacher_tune: bool = False                             # optional reference stage 0 (LoRA FM fine-tune)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    ema_start_step: int = Field(200, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = 0
+
+    @field_validator("rollout_budgets")
+    @classmethod
+    def _budgets(cls, v):
+        if not v or any(s < 1 for s in v):
+            raise ValueError(f"stage2.rollout_budgets must be non-empty positive step counts, got {v}")
+        return v
+
+
+class EvaluationConfig(Section):
+    """NFE sweep of the student and the teacher baselines with common random numbers."""
+
+    backend: Literal["toybench", "vbench"] = "toybench"
+    nfe_list: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    num_prompts: int = Field(64, ge=1)
+    seeds_per_prompt: int = Field(1, ge=1)
+    teacher_guidance_scale: float = Field(4.0, ge=1.0)
+    reference_steps: int = Field(50, ge=1)                 # the teacher's full-step CFG reference
+    bootstrap_samples: int = Field(1000, ge=0)
+    seed: int = 1234
+
+    @field_validator("nfe_list")
+    @classmethod
+    def _nfe(cls, v):
+        if not v or list(v) != sorted(set(v)) or v[0] < 1:
+            raise ValueError(f"evaluation.nfe_list must be strictly increasing positive integers, got {list(v)}")
+        return v
+
+
+class FinetuneConfig(Section):
+    """Optional downstream fine-tuning of the distilled student (forward flow-map loss)."""
+
+    enabled: bool = False
+    domain: str = "downstream"         # the toy world's unseen domain, or a shard folder / prompt file
+    num_samples: int = Field(1024, ge=1)
+    num_steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    seed: int = 0
+
+
+class TrackingConfig(Section):
+    experiment: str = "anyflow"
+    tracking_uri: str | None = None    # None: $MLFLOW_TRACKING_URI, else sqlite under paths.root
+
+
+class PathsConfig(Section):
+    root: str = "runs"                 # run folder: artifacts/, mlflow.db, prefect/
+
+    @property
+    def artifacts(self) -> Path:
+        return Path(self.root) / "artifacts"
+
+
+class PipelineConfig(Section):
+    """The whole pipeline (DESIGN §1)."""
+
+    name: str = "toy"
+    seed: int = 0
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    stage1: Stage1Config = Field(default_factory=Stage1Config)
+    stage2: Stage2Config = Field(default_factory=Stage2Config)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    paths: PathsConfig = Field(default_factory=PathsConfig)

@@ -1,0 +1,1 @@
+"""Pipeline composition and the command line (`python -m flows ...`). Composes tasks only."""

@@ -1,0 +1,65 @@
+"""Command line: `python -m flows run --preset toy [--set stage1.lr=1e-4 ...] [--dry-run]`.
+
+Stages wired so far: teacher (the toy teacher is built and cached; a real Wan folder is validated).
+The later stages (synthesis, stage 1, stage 2, export, evaluation, fine-tuning) join as they land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import conf
+from tasks.artifacts import read_manifest
+from tasks.teacher import build_teacher, teacher_key
+
+STAGES = ("teacher",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m flows", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline for a preset")
+    run.add_argument("--preset", default="toy", help=f"preset name ({', '.join(conf.available_presets())}) or YAML path")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set stage1.lr=1e-4 (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and the stage plan, run nothing")
+    run.add_argument("--summary-json", type=Path, help="write a machine-readable run summary here")
+    return p
+
+
+def _plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
+    key = teacher_key(cfg) if cfg.teacher.source == "toy" else "external"
+    path = cfg.paths.artifacts / "teacher" / key if cfg.teacher.source == "toy" else Path(cfg.teacher.path)
+    cached = cfg.teacher.source == "path" or read_manifest(path) is not None
+    return [("teacher", str(path), cached)]
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = conf.load(args.preset, args.overrides)
+    if args.dry_run:
+        print(conf.to_yaml(cfg))
+        print("stage plan:")
+        for stage, path, cached in _plan(cfg):
+            print(f"  {stage:10s} {'cached' if cached else 'to run':8s} {path}")
+        return 0
+    print(f"[anyflow] preset {args.preset!r}: building the teacher ({cfg.teacher.source})", flush=True)
+    teacher = build_teacher(cfg)
+    status = "cache hit" if teacher.summary.get("cache_hit") else f"built in {teacher.summary.get('seconds')} s"
+    print(f"[anyflow] teacher ({status}): {teacher.path}")
+    print(f"[anyflow] load it with: WanPipeline.from_pretrained({teacher.path!r})")
+    if args.summary_json:
+        summary = {"preset": args.preset, "stages": {"teacher": {"path": teacher.path, "key": teacher.key, **teacher.summary}}}
+        args.summary_json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except conf.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Stage tasks: resolve inputs -> call anyflow -> write artifacts atomically -> return a small frozen handle."""

@@ -1,0 +1,33 @@
+"""Teacher stage: the toy teacher is built (and cached) from its spec; a real teacher is a given folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from anyflow.toybuild import build_toy_teacher
+from conf.schema import PipelineConfig
+from tasks.artifacts import StageHandle, build_stage, stage_key
+
+
+def teacher_key(cfg: PipelineConfig) -> str:
+    return stage_key("teacher", cfg.teacher.model_dump(mode="json"))
+
+
+def build_teacher(cfg: PipelineConfig, progress: bool = True) -> StageHandle:
+    """Build the toy teacher (a WanPipeline folder) or validate the given Wan folder; return its handle."""
+    if cfg.teacher.source == "path":
+        folder = Path(cfg.teacher.path)
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"teacher.path={folder}: no model_index.json (expected a Diffusers Wan folder)")
+        return StageHandle("teacher", "external", str(folder), {"source": "path", "cache_hit": True})
+
+    def build(out: Path) -> dict:
+        losses: list[float] = []
+        build_toy_teacher(cfg.teacher.toy, out, log=lambda m, s: losses.append(m["teacher/loss"]), progress=progress)
+        (out / "BUILT_BY").write_text(
+            f"command: {' '.join(sys.argv)}\nspec: toy_teacher_spec.json\n")
+        tail = losses[-100:]
+        return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": len(losses)}
+
+    return build_stage(cfg.paths.artifacts, "teacher", teacher_key(cfg), build)

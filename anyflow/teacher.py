@@ -23,6 +23,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from anyflow.schedule import shift_sigma
+from anyflow.textpad import collapse_padding, collapsed_text
 
 LogFn = Callable[[Mapping[str, float], int], None]
 
@@ -89,7 +90,9 @@ def flow_matching_loss(
     """Rectified-flow loss: mean ‖v_θ((1−σ)x₀ + σε, 1000σ, c) − (ε − x₀)‖² (recipe §5, step 4-6)."""
     s = sigma.view(-1, 1, 1, 1, 1)
     z = (1 - s) * x0 + s * eps                                         # (B, C, L, h, w)
-    v = model(z, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+    text, bias = collapse_padding(text)                                # exact; see anyflow.textpad
+    with collapsed_text(model, bias):
+        v = model(z, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
     return ((v.float() - (eps - x0).float()) ** 2).mean()
 
 

@@ -50,7 +50,7 @@ CORE_FRACTION = 0.9         # core: >= 90% of the blob's 90th-percentile distanc
                             # pixels mixed with bg (a blue/white mix reads cyan) stay out
 MIN_AREA_FRACTION = 0.25    # of the circle/square area; the triangle is 0.53 of it, noise specks ~1 px
 FULL_STEP_FRACTION = 0.75   # see _direction
-MIN_SPEED_FRACTION = 0.25   # of spec.speed: 0.375 px/frame, >10x the velocity jitter on noisy videos
+MIN_SPEED_FRACTION = 0.25   # of spec.speed (0.5 px/frame at the default 2), >10x the velocity jitter on noisy videos
 SQUARE_FILL, CIRCLE_FILL = 1.0, np.pi / 4  # area / bounding-box area, exact for unblurred shapes
 TRIANGLE_SKEW = -2 * np.sqrt(2) / 5  # -0.566: skewness of a linear ramp (apex-up triangle's rows)
 _IN_FRAME = np.zeros((3, 3, 3), dtype=bool)

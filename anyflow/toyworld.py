@@ -48,7 +48,7 @@ class WorldSpec:
     width: int = 32               # pixels
     num_frames: int = 9           # pixel frames per video (Wan convention: T*k + 1)
     object_size: float = 10.0     # bounding-box side of every shape, pixels
-    speed: float = 1.5            # pixels per frame in the base domain
+    speed: float = 2.0            # px per frame: one VAE patch (4 px) per latent frame (2 frames), an exact latent shift
     bounce_speed: float = 4.0     # pixels per frame in the downstream domain
     supersample: int = 4          # anti-aliasing factor
 

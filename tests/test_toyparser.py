@@ -91,7 +91,7 @@ def test_trajectory_clean(base, parsed_clean):
 
 
 def test_speed_clean(parsed_clean):
-    """The fitted base-domain speed is spec.speed (1.5 px/frame) to within 0.1 px/frame."""
+    """The fitted base-domain speed is spec.speed to within 0.1 px/frame."""
     speeds = np.array([p.speed for p in parsed_clean])
     assert np.abs(speeds - SPEC.speed).max() < 0.1
 
@@ -181,7 +181,7 @@ def test_small_debris_is_not_an_object(noisy):
 
 @pytest.mark.parametrize("noisy", [False, True])
 def test_static_object(noisy):
-    """Speed 0: the fitted speed is jitter only, far below the 0.375 px/frame cut, so no
+    """Speed 0: the fitted speed is jitter only, far below the MIN_SPEED_FRACTION cut (0.5 px/frame at the default speed), so no
     direction; the object itself is still parsed."""
     cond = Condition("triangle", "green", "black", "up", start=(16.0, 16.0))
     video = render(cond, dataclasses.replace(SPEC, speed=0.0))

@@ -125,18 +125,19 @@ def train_teacher(
         sigma = sample_sigma(hp.batch_size, hp, gen).to(accelerator.device)
         eps = torch.randn(x0.shape, generator=gen).to(accelerator.device)
         loss = flow_matching_loss(model, x0, text, sigma, eps)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):  # before backward: a NaN must not reach the weights or the EMA
+            raise FloatingPointError(f"teacher loss became {loss_value} at step {step}")
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), hp.grad_clip)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         ema.step(model.parameters())
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}")
-        metrics = {"teacher/loss": loss.item(), "teacher/grad_norm": float(grad_norm),
+        metrics = {"teacher/loss": loss_value, "teacher/grad_norm": float(grad_norm),
                    "teacher/lr": sched.get_last_lr()[0], "teacher/ema_decay": ema.cur_decay_value or 0.0}
         log(metrics, step)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
     model = accelerator.unwrap_model(model)
     ema.copy_to(model.parameters())
     return model.eval()

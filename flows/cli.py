@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import conf
-from tasks.artifacts import read_manifest
-from tasks.teacher import build_teacher, teacher_key
+from tasks.teacher import build_teacher, teacher_location
 
 STAGES = ("teacher",)
 
@@ -31,10 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
-    key = teacher_key(cfg) if cfg.teacher.source == "toy" else "external"
-    path = cfg.paths.artifacts / "teacher" / key if cfg.teacher.source == "toy" else Path(cfg.teacher.path)
-    cached = cfg.teacher.source == "path" or read_manifest(path) is not None
-    return [("teacher", str(path), cached)]
+    folder, ready = teacher_location(cfg)
+    return [("teacher", str(folder), ready)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyflow
+from conf import config_hash
 
 MANIFEST = "manifest.json"
 
@@ -42,9 +43,14 @@ def code_version() -> str:
 
 
 def stage_key(stage: str, config: Any, upstream: tuple[str, ...] = ()) -> str:
-    payload = json.dumps({"stage": stage, "config": config, "upstream": list(upstream), "code": code_version()},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """Cache key of a stage: its config, its upstream keys and the anyflow code version."""
+    payload = {"stage": stage, "config": config, "upstream": list(upstream), "code": code_version()}
+    return config_hash(payload)[:16]
+
+
+def stage_dir(root: Path, stage: str, key: str) -> Path:
+    """Where the artifact of (stage, key) lives: <root>/<stage>/<key>/."""
+    return Path(root) / stage / key
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -58,7 +64,7 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 def build_stage(root: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]]) -> StageHandle:
     """Return the cached artifact for (stage, key) if complete, else run `build(tmp_dir) -> summary`
     in a temporary directory, write the manifest last, and rename it into place atomically."""
-    final = Path(root) / stage / key
+    final = stage_dir(root, stage, key)
     manifest = read_manifest(final)
     if manifest is not None:
         return StageHandle(stage, key, str(final), {**manifest["summary"], "cache_hit": True})

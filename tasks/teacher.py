@@ -7,11 +7,20 @@ from pathlib import Path
 
 from anyflow.toybuild import build_toy_teacher
 from conf.schema import PipelineConfig
-from tasks.artifacts import StageHandle, build_stage, stage_key
+from tasks.artifacts import StageHandle, build_stage, read_manifest, stage_dir, stage_key
 
 
 def teacher_key(cfg: PipelineConfig) -> str:
     return stage_key("teacher", cfg.teacher.model_dump(mode="json"))
+
+
+def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
+    """(folder, ready): the given Wan folder, or the toy teacher's content-addressed directory and
+    whether a complete build is already there."""
+    if cfg.teacher.source == "path":
+        return Path(cfg.teacher.path), True
+    folder = stage_dir(cfg.paths.artifacts, "teacher", teacher_key(cfg))
+    return folder, read_manifest(folder) is not None
 
 
 def build_teacher(cfg: PipelineConfig, progress: bool = True) -> StageHandle:

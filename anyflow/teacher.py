@@ -22,7 +22,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from anyflow.schedule import shift_sigma
+from anyflow.schedule import NUM_TRAIN_TIMESTEPS, shift_sigma
 from anyflow.textpad import collapse_padding, collapsed_text
 
 LogFn = Callable[[Mapping[str, float], int], None]
@@ -30,8 +30,9 @@ LogFn = Callable[[Mapping[str, float], int], None]
 
 @dataclass(frozen=True, kw_only=True)
 class TeacherArch:
-    """WanTransformer3DModel size (patch 1x2x2 over the latent, as in Wan2.1)."""
+    """WanTransformer3DModel size. Wan2.1 patchifies its latent 1x2x2; the toy may use finer tokens."""
 
+    patch_size: tuple[int, int, int] = (1, 2, 2)
     num_layers: int = 4
     num_attention_heads: int = 4
     attention_head_dim: int = 32
@@ -71,7 +72,7 @@ def build_transformer(arch: TeacherArch, in_channels: int, text_dim: int, seed: 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=arch.num_attention_heads,
+            patch_size=tuple(arch.patch_size), num_attention_heads=arch.num_attention_heads,
             attention_head_dim=arch.attention_head_dim, in_channels=in_channels, out_channels=in_channels,
             text_dim=text_dim, freq_dim=arch.freq_dim, ffn_dim=arch.ffn_dim, num_layers=arch.num_layers,
             cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=64,
@@ -84,15 +85,22 @@ def sample_sigma(n: int, hp: TeacherTrainHparams, generator: torch.Generator) ->
     return shift_sigma(u, hp.shift)
 
 
+def teacher_velocity(
+    model: WanTransformer3DModel, z_t: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor
+) -> torch.Tensor:
+    """v_φ(z_σ, σ, c): a Wan transformer's velocity; z_t [B, C, F, H, W], σ [B], text [B, S, D] zero-padded.
+    The padding is collapsed exactly (anyflow.textpad), so 512-row Wan embeddings cost what their real tokens cost."""
+    text, bias = collapse_padding(text)
+    with collapsed_text(model, bias):
+        return model(z_t, timestep=sigma * NUM_TRAIN_TIMESTEPS, encoder_hidden_states=text, return_dict=False)[0]
+
+
 def flow_matching_loss(
     model: WanTransformer3DModel, x0: torch.Tensor, text: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor
 ) -> torch.Tensor:
-    """Rectified-flow loss: mean ‖v_θ((1−σ)x₀ + σε, 1000σ, c) − (ε − x₀)‖² (recipe §5, step 4-6)."""
+    """Rectified-flow loss: mean ‖v_θ((1−σ)x₀ + σε, σ, c) − (ε − x₀)‖² (recipe §5, step 4-6)."""
     s = sigma.view(-1, 1, 1, 1, 1)
-    z = (1 - s) * x0 + s * eps                                         # (B, C, L, h, w)
-    text, bias = collapse_padding(text)                                # exact; see anyflow.textpad
-    with collapsed_text(model, bias):
-        v = model(z, timestep=sigma * 1000, encoder_hidden_states=text, return_dict=False)[0]
+    v = teacher_velocity(model, (1 - s) * x0 + s * eps, sigma, text)
     return ((v.float() - (eps - x0).float()) ** 2).mean()
 
 

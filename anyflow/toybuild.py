@@ -22,6 +22,7 @@ from anyflow.teacher import LogFn, TeacherArch, TeacherTrainHparams, build_trans
 from anyflow.text import TextEncoderSpec, build_text_encoder, build_tokenizer
 from anyflow.toyworld import WorldSpec
 from anyflow.vae import LinearPatchVAE, pixels_to_vae
+from anyflow.wan import TOY_SPEC_FILE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,5 +112,5 @@ def build_toy_teacher(spec: ToyTeacherSpec, out_dir: Path, log: LogFn = lambda m
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=spec.sample_shift),
     )
     pipe.save_pretrained(out_dir)
-    (Path(out_dir) / "toy_teacher_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    (Path(out_dir) / TOY_SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
     return Path(out_dir)

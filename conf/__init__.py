@@ -43,8 +43,10 @@ def load(preset: str = "toy", overrides: Sequence[str] = ()) -> PipelineConfig:
 
 
 def validate(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    """Validate `data` laid over the schema defaults: a partial nested section (`stage1.lora: {rank: 8}`)
+    changes only the keys it names and keeps the section's own defaults for the rest."""
     try:
-        return PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(_deep_merge(PipelineConfig().model_dump(mode="json"), data))
     except ValidationError as err:
         raise ConfigError(f"invalid {source}:\n" + _describe(err)) from None
 
@@ -96,6 +98,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must be a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from anyflow.lora import SELF_ATTENTION_FFN, TIME_EMBEDDERS, LoraSpec
 from anyflow.toybuild import ToyTeacherSpec
 
 
@@ -48,12 +49,6 @@ class SynthesisConfig(Section):
     seed: int = 0
 
 
-class LoraConfig(Section):
-    rank: int = Field(32, ge=1)
-    alpha: float = Field(32.0, gt=0)
-    targets: tuple[str, ...] = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ffn.net.0.proj", "ffn.net.2")
-
-
 class Stage1Config(Section):
     """Forward flow-map training (recipe §6)."""
 
@@ -64,9 +59,7 @@ class Stage1Config(Section):
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig(targets=LoraConfig().targets + (
-        "condition_embedder.time_embedder.linear_1", "condition_embedder.time_embedder.linear_2",
-        "condition_embedder.delta_embedder.linear_1", "condition_embedder.delta_embedder.linear_2")))
+    lora: LoraSpec = Field(default_factory=lambda: LoraSpec(targets=SELF_ATTENTION_FFN + TIME_EMBEDDERS))
     diffusion_ratio: float = Field(0.5, ge=0, le=1)    # r = t (flow matching)
     consistency_ratio: float = Field(0.25, ge=0, le=1)  # r = 0
     fused_guidance_scale: float = Field(3.0, ge=1.0)    # g in P = (u_c - (1-g) sg(u_0)) / g
@@ -98,7 +91,7 @@ class Stage2Config(Section):
     critic_lr: float = Field(2e-6, gt=0)
     betas: tuple[float, float] = (0.0, 0.999)              # both optimisers
     grad_clip: float = Field(1.0, gt=0)
-    critic_lora: LoraConfig = Field(default_factory=LoraConfig)
+    critic_lora: LoraSpec = Field(default_factory=LoraSpec)
     rollout_budgets: tuple[int, ...] = (2, 4, 8, 16, 50)   # the simulated step count s is drawn from these
     real_guidance_scale: float = Field(4.0, ge=1.0)        # uncond + w (cond - uncond); the research code's "3.0"
     dmd_weight: float = Field(1.0, ge=0)

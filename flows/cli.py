@@ -1,4 +1,5 @@
-"""Command line: `python -m flows run --preset toy [--set stage1.lr=1e-4 ...] [--dry-run]`.
+"""Command line: `python -m flows run --preset toy [--set stage1.lr=1e-4 ...] [--dry-run]`, and
+`python -m flows sample STUDENT_FOLDER --prompt "..." --nfe 1,4,32` for an exported student.
 
 Stages wired so far: teacher (the toy teacher is built and cached; a real Wan folder is validated).
 The later stages (synthesis, stage 1, stage 2, export, evaluation, fine-tuning) join as they land.
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set stage1.lr=1e-4 (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and the stage plan, run nothing")
     run.add_argument("--summary-json", type=Path, help="write a machine-readable run summary here")
+    sample = sub.add_parser("sample", help="sample an exported AnyFlow student at several NFEs (GIFs + contact sheet)")
+    sample.add_argument("student", type=Path, help="an exported student folder (AnyFlowPipeline)")
+    sample.add_argument("--prompt", dest="prompts", action="append", required=True, help="a prompt (repeatable)")
+    sample.add_argument("--nfe", default="1,4,32", help="comma-separated step counts (default 1,4,32)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
     return p
 
 
@@ -53,10 +60,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample(args: argparse.Namespace) -> int:
+    from tasks.sample import sample_student
+
+    try:
+        nfes = [int(n) for n in args.nfe.split(",")]
+    except ValueError:
+        raise conf.ConfigError(f"--nfe {args.nfe!r}: expected comma-separated integers like 1,4,32") from None
+    if any(n < 1 for n in nfes):
+        raise conf.ConfigError(f"--nfe {args.nfe!r}: step counts must be >= 1")
+    sheet = sample_student(args.student, args.prompts, nfes, args.seed, args.out)
+    print(f"[anyflow] samples in {args.out} (contact sheet: {sheet})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return run(args)
+        return run(args) if args.command == "run" else sample(args)
     except conf.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from anyflow.toybuild import build_toy_teacher
+from anyflow.wan import TOY_SPEC_FILE, check_wan_folder
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, build_stage, read_manifest, stage_dir, stage_key
 
@@ -26,16 +27,17 @@ def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
 def build_teacher(cfg: PipelineConfig, progress: bool = True) -> StageHandle:
     """Build the toy teacher (a WanPipeline folder) or validate the given Wan folder; return its handle."""
     if cfg.teacher.source == "path":
-        folder = Path(cfg.teacher.path)
-        if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"teacher.path={folder}: no model_index.json (expected a Diffusers Wan folder)")
+        try:
+            folder = check_wan_folder(cfg.teacher.path)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"teacher.path: {err}") from None
         return StageHandle("teacher", "external", str(folder), {"source": "path", "cache_hit": True})
 
     def build(out: Path) -> dict:
         losses: list[float] = []
         build_toy_teacher(cfg.teacher.toy, out, log=lambda m, s: losses.append(m["teacher/loss"]), progress=progress)
         (out / "BUILT_BY").write_text(
-            f"command: {' '.join(sys.argv)}\nspec: toy_teacher_spec.json\n")
+            f"command: {' '.join(sys.argv)}\nspec: {TOY_SPEC_FILE}\n")
         tail = losses[-100:]
         return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": len(losses)}
 

@@ -28,3 +28,11 @@ def ci_teacher(ci_config, tmp_path_factory):
     cfg = ci_config.model_copy(update={"paths": ci_config.paths.model_copy(
         update={"root": str(tmp_path_factory.mktemp("runs"))})})
     return build_teacher(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def random_wan_folder(tmp_path_factory):
+    """A tiny random-weight Wan2.1 folder in the real format (AutoencoderKLWan, UMT5, T5 tokenizer)."""
+    from anyflow.randomwan import build_random_wan_folder
+
+    return build_random_wan_folder(tmp_path_factory.mktemp("wan") / "tiny-wan")

@@ -72,3 +72,15 @@ def test_config_hash_tracks_values():
     a, b = conf.load("toy"), conf.load("toy", ["stage1.lr=2e-4"])
     assert conf.config_hash(a.teacher) == conf.config_hash(b.teacher)
     assert conf.config_hash(a.stage1) != conf.config_hash(b.stage1)
+
+
+def test_partial_nested_sections_keep_their_own_defaults():
+    import conf
+    from anyflow.lora import TIME_EMBEDDERS
+
+    cfg = conf.load("wan2.1-t2v-1.3b")
+    assert cfg.stage1.lora.rank == 256 and set(TIME_EMBEDDERS) <= set(cfg.stage1.lora.targets)
+    assert not set(TIME_EMBEDDERS) & set(cfg.stage2.critic_lora.targets)
+    cfg = conf.load("toy", ["stage1.lora.rank=8", "teacher.toy.train.num_steps=7"])
+    assert cfg.stage1.lora.rank == 8 and set(TIME_EMBEDDERS) <= set(cfg.stage1.lora.targets)
+    assert cfg.teacher.toy.train.num_steps == 7 and cfg.teacher.toy.train.batch_size == 16

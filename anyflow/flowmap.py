@@ -1,0 +1,65 @@
+"""The flow map and its samplers, in σ units on channel-major latents [B, C, F, H, W].
+
+A flow map Φ(z_t, t, r) transports a point of the probability-flow ODE dz/dσ = v(z, σ) from σ = t to σ = r.
+AnyFlow parameterises it by an average velocity u (recipe §1.1, MeanFlow):
+
+    Φ(z_t, t, r) = z_t − (t − r)·u(z_t, t, r),      u(z_t, t, t) = v(z_t, t)            (flow-map step)
+
+so r = t is the identity map and u at r = t is the instantaneous velocity (flow matching). N-step sampling
+walks the shifted grid σ_0 = 1 > … > σ_N = 0 (recipe §2, §8.1): one network call per step, NFE = N.
+The teacher baseline is the same walk with u := CFG-combined velocity (Euler), NFE = 2N with CFG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from anyflow.schedule import time_grid
+
+# u(z_t, t, r) with z_t [B, C, F, H, W] and t, r [B] in σ units → [B, C, F, H, W]
+AverageVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# v(z_t, t) → [B, C, F, H, W]
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _bcast(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(s, device=like.device)
+    return s.reshape(s.shape + (1,) * (like.ndim - s.ndim)) if s.ndim else s
+
+
+def flowmap_step(z_t: torch.Tensor, u: torch.Tensor, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """z_r = z_t − (t − r)·u  (recipe §1.1, the flow-map step; Euler when u = v(z_t, t)). t, r: scalars or [B]."""
+    return z_t - (_bcast(t, z_t) - _bcast(r, z_t)).to(z_t.dtype) * u
+
+
+def x0_estimate(z_t: torch.Tensor, u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x̂₀ = z_t − t·u(z_t, t, 0): the one-jump data estimate (recipe §1.1)."""
+    return flowmap_step(z_t, u, t, torch.zeros_like(torch.as_tensor(t)))
+
+
+def classifier_free_guidance(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """v = v_∅ + w·(v_c − v_∅) (standard convention: w = 1 is the conditional model; recipe P2)."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+@torch.no_grad()
+def sample_flow_map(u_fn: AverageVelocityFn, noise: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
+    """Any-NFE sampling: z_{σ_{i+1}} = z_{σ_i} − (σ_i − σ_{i+1})·u(z, σ_i, σ_{i+1}) over `time_grid(N, shift)`.
+
+    Equals `AnyFlowPipeline` / `FlowMapEulerDiscreteScheduler` stepping (recipe §8.1) on the same model.
+    """
+    grid = time_grid(num_steps, shift).tolist()
+    z = noise
+    batch = noise.shape[0]
+    for t, r in zip(grid[:-1], grid[1:]):
+        t_b = torch.full((batch,), t, dtype=torch.float32, device=noise.device)
+        r_b = torch.full((batch,), r, dtype=torch.float32, device=noise.device)
+        z = flowmap_step(z, u_fn(z, t_b, r_b), t_b, r_b)
+    return z
+
+
+def sample_euler(v_fn: VelocityFn, noise: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
+    """The teacher's N-step Euler sampler on the same shifted grid (u := v(z, t), r ignored)."""
+    return sample_flow_map(lambda z, t, r: v_fn(z, t), noise, num_steps, shift)

@@ -66,7 +66,9 @@ def student_from_teacher(teacher: WanTransformer3DModel, gate_value: float = 0.2
                          f"unexpected {sorted(unexpected)}")
     emb = student.condition_embedder
     emb.delta_embedder.load_state_dict(emb.time_embedder.state_dict())
-    return student.to(dtype=teacher.dtype, device=teacher.device)
+    if student.dtype != teacher.dtype:
+        student = student.to(dtype=teacher.dtype)
+    return student.to(device=teacher.device)
 
 
 def average_velocity(

@@ -114,3 +114,9 @@ def build_toy_teacher(spec: ToyTeacherSpec, out_dir: Path, log: LogFn = lambda m
     pipe.save_pretrained(out_dir)
     (Path(out_dir) / TOY_SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2))
     return Path(out_dir)
+
+
+def toy_world_of(folder: str | Path) -> WorldSpec | None:
+    """The toy world a toy teacher folder was built for, or None for any other Wan folder."""
+    path = Path(folder) / TOY_SPEC_FILE
+    return WorldSpec(**json.loads(path.read_text())["world"]) if path.is_file() else None

@@ -46,6 +46,7 @@ class SynthesisConfig(Section):
     guidance_scale: float = Field(4.0, ge=1.0)
     batch_size: int = Field(64, ge=1)
     samples_per_shard: int = Field(256, ge=1)
+    latent_dtype: Literal["float32", "float16"] = "float32"
     seed: int = 0
 
 
@@ -145,7 +146,7 @@ class FinetuneConfig(Section):
 
 
 class TrackingConfig(Section):
-    experiment: str = "anyflow"
+    experiment: str = ""               # "" → "anyflow-<name>": one experiment per pipeline name
     tracking_uri: str | None = None    # None: $MLFLOW_TRACKING_URI, else sqlite under paths.root
 
 

@@ -1,32 +1,40 @@
-"""Command line: `python -m flows run --preset toy [--set stage1.lr=1e-4 ...] [--dry-run]`, and
-`python -m flows sample STUDENT_FOLDER --prompt "..." --nfe 1,4,32` for an exported student.
+"""Command line.
 
-Stages wired so far: teacher (the toy teacher is built and cached; a real Wan folder is validated).
-The later stages (synthesis, stage 1, stage 2, export, evaluation, fine-tuning) join as they land.
+    python -m flows run --preset toy [--set stage1.lr=1e-4 ...] [--dry-run] [--summary-json PATH]
+    python -m flows serve --preset toy --cron "0 3 * * *" [--name nightly]     (needs a Prefect server)
+    python -m flows sample STUDENT_FOLDER --prompt "..." --nfe 1,4,32
+
+`run` executes the Prefect pipeline flow (stages cached and resumable, tracked in MLflow); `--dry-run`
+prints the resolved config and the stage plan, computing nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 import conf
-from tasks.teacher import build_teacher, teacher_location
-
-STAGES = ("teacher",)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flows", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m flows", description="AnyFlow distillation pipeline")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline for a preset")
-    run.add_argument("--preset", default="toy", help=f"preset name ({', '.join(conf.available_presets())}) or YAML path")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set stage1.lr=1e-4 (repeatable)")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved config and the stage plan, run nothing")
-    run.add_argument("--summary-json", type=Path, help="write a machine-readable run summary here")
+    for name, help_text in (("run", "run the pipeline for a preset"),
+                            ("serve", "serve the pipeline as a scheduled Prefect deployment")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--preset", default="toy",
+                         help=f"preset name ({', '.join(conf.available_presets())}) or YAML path")
+        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set stage1.lr=1e-4 (repeatable)")
+        if name == "run":
+            cmd.add_argument("--dry-run", action="store_true",
+                             help="print the resolved config and the stage plan, run nothing")
+            cmd.add_argument("--summary-json", type=Path, help="write a machine-readable run summary here")
+        else:
+            cmd.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: daily at 03:00)")
+            cmd.add_argument("--name", default=None, help="deployment name (default: <preset>-scheduled)")
     sample = sub.add_parser("sample", help="sample an exported AnyFlow student at several NFEs (GIFs + contact sheet)")
     sample.add_argument("student", type=Path, help="an exported student folder (AnyFlowPipeline)")
     sample.add_argument("--prompt", dest="prompts", action="append", required=True, help="a prompt (repeatable)")
@@ -36,39 +44,72 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
+def configure_environment(cfg: conf.PipelineConfig) -> None:
+    """Offline-safe defaults, set before Prefect or MLflow is imported (they read settings at import)."""
+    root = Path(cfg.paths.root).resolve()
+    defaults = {"PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
+                "HF_DATASETS_OFFLINE": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)   # Prefect does not create parents
+
+
+def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
+    """(stage, artifact directory, complete) for each wired stage, without computing anything."""
+    from tasks.artifacts import StageHandle, read_manifest, stage_dir
+    from tasks.export import export_key
+    from tasks.synthesis import synthesis_key
+    from tasks.teacher import teacher_key, teacher_location
+
     folder, ready = teacher_location(cfg)
-    return [("teacher", str(folder), ready)]
+    t = StageHandle("teacher", teacher_key(cfg), str(folder), {})
+    rows = [("teacher", str(folder), ready)]
+    for stage, key in (("synthesis", synthesis_key(cfg, t)), ("export", export_key(cfg, t))):
+        path = stage_dir(cfg.paths.artifacts, stage, key)
+        rows.append((stage, str(path), read_manifest(path) is not None))
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = conf.load(args.preset, args.overrides)
+    configure_environment(cfg)
     if args.dry_run:
         print(conf.to_yaml(cfg))
         print("stage plan:")
-        for stage, path, cached in _plan(cfg):
+        for stage, path, cached in plan(cfg):
             print(f"  {stage:10s} {'cached' if cached else 'to run':8s} {path}")
         return 0
-    print(f"[anyflow] preset {args.preset!r}: building the teacher ({cfg.teacher.source})", flush=True)
-    teacher = build_teacher(cfg)
-    status = "cache hit" if teacher.summary.get("cache_hit") else f"built in {teacher.summary.get('seconds')} s"
-    print(f"[anyflow] teacher ({status}): {teacher.path}")
-    print(f"[anyflow] load it with: WanPipeline.from_pretrained({teacher.path!r})")
-    if args.summary_json:
-        summary = {"preset": args.preset, "stages": {"teacher": {"path": teacher.path, "key": teacher.key, **teacher.summary}}}
-        args.summary_json.write_text(json.dumps(summary, indent=2))
+    from flows.pipeline import pipeline
+
+    summary = pipeline(preset=args.preset, overrides=args.overrides,
+                       summary_json=str(args.summary_json) if args.summary_json else None)
+    for stage, info in summary["stages"].items():
+        print(f"[anyflow] {stage:10s} {'cache hit' if info['cache_hit'] else 'built':9s} {info['path']}")
+    print(f"[anyflow] exported student: {summary['exported_model']}")
+    print(f"[anyflow] MLflow: {summary['tracking_uri']} (experiment {summary['experiment']}, "
+          f"run {summary['parent_run_id']}); browse with: mlflow ui --backend-store-uri {summary['tracking_uri']}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    cfg = conf.load(args.preset, args.overrides)   # fail on a bad config now, not at 03:00
+    configure_environment(cfg)
+    from flows.deploy import serve_pipeline
+
+    serve_pipeline(args.preset, args.overrides, args.cron, args.name or f"{args.preset}-scheduled")
     return 0
 
 
 def sample(args: argparse.Namespace) -> int:
-    from tasks.sample import sample_student
-
     try:
         nfes = [int(n) for n in args.nfe.split(",")]
     except ValueError:
         raise conf.ConfigError(f"--nfe {args.nfe!r}: expected comma-separated integers like 1,4,32") from None
     if any(n < 1 for n in nfes):
         raise conf.ConfigError(f"--nfe {args.nfe!r}: step counts must be >= 1")
+    from tasks.sample import sample_student
+
     sheet = sample_student(args.student, args.prompts, nfes, args.seed, args.out)
     print(f"[anyflow] samples in {args.out} (contact sheet: {sheet})")
     return 0
@@ -77,7 +118,7 @@ def sample(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return run(args) if args.command == "run" else sample(args)
+        return {"run": run, "serve": serve, "sample": sample}[args.command](args)
     except conf.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

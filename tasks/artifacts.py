@@ -1,17 +1,20 @@
 """Content-addressed stage directories (DESIGN §5): <artifacts>/<stage>/<key>/ with a manifest written last.
 
 key = sha256(stage config, upstream keys, anyflow code version). A directory without its manifest is
-incomplete and never trusted; builds happen in a temporary sibling that is renamed into place.
+incomplete and never trusted; builds happen in a `.<key>.partial` sibling that is renamed into place, and a
+resumable stage picks up what a killed attempt left there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,23 +64,53 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_stage(root: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]]) -> StageHandle:
-    """Return the cached artifact for (stage, key) if complete, else run `build(tmp_dir) -> summary`
-    in a temporary directory, write the manifest last, and rename it into place atomically."""
+@contextmanager
+def _exclusive(lock_path: Path):
+    """One builder per (stage, key) across processes: a second one waits, then finds the result."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def partial_dir(root: Path, stage: str, key: str) -> Path:
+    """Where an unfinished build of (stage, key) keeps its work (in-stage checkpoints, finished shards)."""
+    return stage_dir(root, stage, key).with_name(f".{key}.partial")
+
+
+def build_stage(root: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]],
+                resumable: bool = False) -> StageHandle:
+    """Return the cached artifact for (stage, key) if complete; else run `build(work_dir) -> summary`, write
+    the manifest last and rename the work directory into place atomically.
+
+    The work directory is `.<key>.partial`. A resumable build finds there whatever a killed attempt left
+    (and must verify it); a non-resumable build always starts from an empty one."""
     final = stage_dir(root, stage, key)
-    manifest = read_manifest(final)
-    if manifest is not None:
-        return StageHandle(stage, key, str(final), {**manifest["summary"], "cache_hit": True})
-    if final.exists():  # incomplete: a killed build or a deleted manifest; never trusted
-        shutil.rmtree(final)
-    tmp = final.with_name(f".{key}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    start = time.time()
-    summary = build(tmp)
-    summary = {**summary, "seconds": round(time.time() - start, 1)}
-    write_json_atomic(tmp / MANIFEST, {"stage": stage, "key": key, "code_version": code_version(), "summary": summary})
-    os.replace(tmp, final)
+    with _exclusive(final.with_name(f".{key}.lock")):
+        manifest = read_manifest(final)
+        if manifest is not None:
+            return StageHandle(stage, key, str(final), {**manifest["summary"], "cache_hit": True})
+        if final.exists():  # incomplete: a deleted manifest or a foreign write; never trusted
+            shutil.rmtree(final)
+        work = partial_dir(root, stage, key)
+        if not resumable:
+            shutil.rmtree(work, ignore_errors=True)
+        resumed = work.exists() and any(work.iterdir())
+        work.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        try:
+            summary = build(work)
+        except BaseException:
+            if not resumable:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        summary = {**summary, "seconds": round(time.time() - start, 1), "resumed": resumed}
+        write_json_atomic(work / MANIFEST,
+                          {"stage": stage, "key": key, "code_version": code_version(), "summary": summary})
+        os.replace(work, final)
     return StageHandle(stage, key, str(final), {**summary, "cache_hit": False})
 
 

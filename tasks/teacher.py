@@ -1,17 +1,42 @@
-"""Teacher stage: the toy teacher is built (and cached) from its spec; a real teacher is a given folder."""
+"""Teacher stage: the toy teacher is built (and cached) from its spec; a real teacher is a given Wan folder."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
+
+from prefect import task
 
 from anyflow.toybuild import build_toy_teacher
 from anyflow.wan import TOY_SPEC_FILE, check_wan_folder
 from conf.schema import PipelineConfig
-from tasks.artifacts import StageHandle, build_stage, read_manifest, stage_dir, stage_key
+from tasks.artifacts import StageHandle, read_manifest, stage_dir, stage_key
+from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.tracking import Tracker
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Names, sizes and mtimes of a folder's files: a changed external teacher changes every key after it."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def external_teacher(cfg: PipelineConfig) -> Path:
+    """The configured Wan folder, validated; errors name the config field."""
+    try:
+        return check_wan_folder(cfg.teacher.path)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"teacher.path: {err}") from None
 
 
 def teacher_key(cfg: PipelineConfig) -> str:
+    if cfg.teacher.source == "path":
+        folder = external_teacher(cfg)
+        return stage_key("teacher", {"path": str(folder.resolve()), "files": folder_fingerprint(folder)})
     return stage_key("teacher", cfg.teacher.model_dump(mode="json"))
 
 
@@ -24,21 +49,37 @@ def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
     return folder, read_manifest(folder) is not None
 
 
-def build_teacher(cfg: PipelineConfig, progress: bool = True) -> StageHandle:
+def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str | None = None) -> StageHandle:
     """Build the toy teacher (a WanPipeline folder) or validate the given Wan folder; return its handle."""
     if cfg.teacher.source == "path":
-        try:
-            folder = check_wan_folder(cfg.teacher.path)
-        except (FileNotFoundError, ValueError) as err:
-            raise type(err)(f"teacher.path: {err}") from None
-        return StageHandle("teacher", "external", str(folder), {"source": "path", "cache_hit": True})
+        folder = external_teacher(cfg)
+        tracker = Tracker(cfg)
+        run_id = tracker.start_run("teacher", parent_id=parent_run_id, tags={
+            "stage": "teacher", "source": "path", "artifact_dir": str(folder), "cache_hit": "true"})
+        tracker.end_run(run_id)
+        return StageHandle("teacher", teacher_key(cfg), str(folder),
+                           {"source": "path", "cache_hit": True, "mlflow_run_id": run_id})
 
-    def build(out: Path) -> dict:
+    def build(out: Path, ctx: StageContext) -> dict:
         losses: list[float] = []
-        build_toy_teacher(cfg.teacher.toy, out, log=lambda m, s: losses.append(m["teacher/loss"]), progress=progress)
-        (out / "BUILT_BY").write_text(
-            f"command: {' '.join(sys.argv)}\nspec: {TOY_SPEC_FILE}\n")
+
+        def log(metrics, step):
+            losses.append(metrics["teacher/loss"])
+            if step % 10 == 0:
+                ctx.log(metrics, step)
+
+        build_toy_teacher(cfg.teacher.toy, out, log=log, progress=progress)
+        (out / "BUILT_BY").write_text(f"command: {' '.join(sys.argv)}\nspec: {TOY_SPEC_FILE}\n")
         tail = losses[-100:]
         return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": len(losses)}
 
-    return build_stage(cfg.paths.artifacts, "teacher", teacher_key(cfg), build)
+    return run_stage(cfg, "teacher", teacher_key(cfg), teacher_params(cfg), parent_run_id, build)
+
+
+@task(name="teacher", cache_key_fn=prefect_cache_key("teacher", teacher_key), persist_result=True)
+def teacher(cfg: PipelineConfig, parent_run_id: str | None) -> StageHandle:
+    return build_teacher(cfg, parent_run_id=parent_run_id)
+
+
+def teacher_params(cfg: PipelineConfig) -> dict:
+    return cfg.teacher.model_dump(mode="json")

@@ -9,6 +9,11 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import pytest
 import torch
+from prefect.logging.configuration import setup_logging
+
+# Bind Prefect's console log handler to the session's stderr now: if it were first set up inside a test
+# that captures output (capsys), it would keep writing to that test's closed stream afterwards.
+setup_logging()
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -36,3 +41,12 @@ def random_wan_folder(tmp_path_factory):
     from anyflow.randomwan import build_random_wan_folder
 
     return build_random_wan_folder(tmp_path_factory.mktemp("wan") / "tiny-wan")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server + database for the whole session (start-up costs 10-20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

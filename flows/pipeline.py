@@ -1,0 +1,69 @@
+"""The AnyFlow pipeline as one Prefect flow (DESIGN §1): stages in order, each a cached task.
+
+Wired so far: teacher → synthesis → export (the student is teacher-initialised until the training stages
+land). Parameters are JSON-friendly so deployments and the API can start runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+import conf
+from tasks.artifacts import StageHandle
+from tasks.export import export, export_key, export_params
+from tasks.pipelinerun import close_pipeline_run, open_pipeline_run, run_summary
+from tasks.stagerun import artifact_complete, for_run, record_cached
+from tasks.synthesis import synthesis, synthesis_key, synthesis_params
+from tasks.teacher import teacher, teacher_key, teacher_params
+
+
+def _stage(stage_task, cfg, key: str, params: dict, parent: str, summary: dict, **upstream) -> StageHandle:
+    """Run one stage task (or take it from Prefect's cache) and record it in the run summary."""
+    state = for_run(stage_task, cfg, artifact_complete(cfg, stage_task.name, key))(
+        cfg, parent, **upstream, return_state=True)
+    handle: StageHandle = state.result()          # raises the stage's exception if it failed
+    prefect_cached = state.name == "Cached"
+    if prefect_cached:
+        record_cached(cfg, handle, params, parent)
+    cache_hit = prefect_cached or bool(handle.summary.get("cache_hit"))
+    summary["stages"][handle.stage] = {"path": handle.path, "key": handle.key, "cache_hit": cache_hit,
+                                       "prefect_state": state.name, **{k: v for k, v in handle.summary.items()
+                                                                        if k != "cache_hit"}}
+    get_run_logger().info(f"{handle.stage}: {'cache hit' if cache_hit else 'built'} → {handle.path}")
+    return handle
+
+
+@flow(name="anyflow-pipeline", log_prints=True)
+def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_json: str | None = None) -> dict[str, Any]:
+    """Run the pipeline for `preset` with dotted `overrides`; return (and optionally write) the run summary."""
+    overrides = list(overrides or [])
+    cfg = conf.load(preset, overrides)
+    flow_run_id = flow_run.get_id()
+    parent = open_pipeline_run(cfg, preset, overrides, flow_run_id)
+    summary = run_summary(cfg, preset, parent, flow_run_id)
+    try:
+        t = _stage(teacher, cfg, teacher_key(cfg), teacher_params(cfg), parent, summary)
+        _stage(synthesis, cfg, synthesis_key(cfg, t), synthesis_params(cfg), parent, summary, teacher=t)
+        student = _stage(export, cfg, export_key(cfg, t), export_params(cfg), parent, summary, teacher=t)
+        summary["exported_model"] = str(Path(student.path) / student.summary["model"])
+    except BaseException as err:
+        summary["error"] = f"{type(err).__name__}: {err}"
+        close_pipeline_run(cfg, parent, summary, failed=True)
+        _write(summary, summary_json)
+        raise
+    close_pipeline_run(cfg, parent, summary)
+    _write(summary, summary_json)
+    return summary
+
+
+def _write(summary: dict, path: str | None) -> None:
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        tmp.replace(path)

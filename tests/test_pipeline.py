@@ -1,0 +1,137 @@
+"""End to end through Prefect on the ci preset: stages run, then all hit the cache; a changed config
+re-runs exactly the affected stages; a deleted artifact is rebuilt; an interrupted synthesis resumes to
+the same shards; MLflow holds the parent/child structure with params, metrics and artifacts."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def run(root, *overrides, **kw):
+    from flows.pipeline import pipeline
+
+    return pipeline(preset="ci", overrides=[f"paths.root={root}", *overrides], **kw)
+
+
+def states(summary):
+    return {stage: info["prefect_state"] for stage, info in summary["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def twice(prefect_harness, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    first = run(root)
+    second = run(root, summary_json=str(root / "summary.json"))
+    return root, first, second
+
+
+def children(summary):
+    client = MlflowClient(summary["tracking_uri"])
+    runs = client.search_runs([client.get_run(summary["parent_run_id"]).info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{summary['parent_run_id']}'")
+    return client, {r.data.tags["stage"]: r for r in runs}
+
+
+def test_first_run_builds_every_stage(twice):
+    _, first, _ = twice
+    assert states(first) == {"teacher": "Completed", "synthesis": "Completed", "export": "Completed"}
+    assert not any(info["cache_hit"] for info in first["stages"].values())
+    assert Path(first["exported_model"], "model_index.json").is_file()
+
+
+def test_second_run_is_all_cache_hits(twice):
+    root, first, second = twice
+    assert states(second) == {"teacher": "Cached", "synthesis": "Cached", "export": "Cached"}
+    assert all(info["cache_hit"] for info in second["stages"].values())
+    assert {s: i["path"] for s, i in first["stages"].items()} == {s: i["path"] for s, i in second["stages"].items()}
+    assert (root / "summary.json").is_file()
+    _, runs = children(second)
+    assert set(runs) == {"teacher", "synthesis", "export"}
+    assert all(r.data.tags["cache_hit"] == "true" for r in runs.values())
+    assert runs["synthesis"].data.tags["source_run_id"] == first["stages"]["synthesis"]["mlflow_run_id"]
+
+
+def test_mlflow_parent_and_children(twice):
+    _, first, _ = twice
+    client, runs = children(first)
+    parent = client.get_run(first["parent_run_id"])
+    assert {"config_hash", "code_version", "prefect_flow_run_id"} <= set(parent.data.tags)
+    assert parent.data.tags["prefect_flow_run_id"] == str(first["prefect_flow_run_id"])
+    assert parent.data.params["synthesis.num_samples"] == "32"
+    assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert set(runs) == {"teacher", "synthesis", "export"} and all(r.data.tags["cache_hit"] == "false"
+                                                                   for r in runs.values())
+    syn = runs["synthesis"]
+    assert syn.data.params["num_inference_steps"] == "4" and syn.data.metrics["synthesis/num_samples"] == 32
+    assert len(client.get_metric_history(runs["teacher"].info.run_id, "teacher/loss")) >= 3
+    assert "manifest.parquet" in {a.path for a in client.list_artifacts(syn.info.run_id)}
+    assert "preview.png" in {a.path for a in client.list_artifacts(runs["export"].info.run_id)}
+
+
+def test_changed_config_reruns_only_the_affected_stage(twice):
+    root, _, _ = twice
+    third = run(root, "synthesis.seed=1")
+    assert states(third) == {"teacher": "Cached", "synthesis": "Completed", "export": "Cached"}
+
+
+def test_deleted_artifact_is_rebuilt(twice):
+    root, first, _ = twice
+    shutil.rmtree(first["stages"]["export"]["path"])
+    again = run(root)
+    assert states(again) == {"teacher": "Cached", "synthesis": "Cached", "export": "Completed"}
+    assert Path(again["exported_model"], "model_index.json").is_file()
+
+
+def test_interrupted_synthesis_resumes_to_the_same_shards(twice, monkeypatch, tmp_path):
+    import anyflow.shards
+    from anyflow.prompts import load_prompts
+    from anyflow.synthesis import synthesize
+    from anyflow.wan import load_teacher, teacher_video_size
+
+    root, first, _ = twice
+    real_write = anyflow.shards.ShardWriter.write_shard
+    calls = []
+
+    def dies_after_one_shard(self, samples):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure: synthesis killed after its first shard")
+        return real_write(self, samples)
+
+    monkeypatch.setattr(anyflow.shards.ShardWriter, "write_shard", dies_after_one_shard)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run(root, "synthesis.seed=9")
+    monkeypatch.setattr(anyflow.shards.ShardWriter, "write_shard", real_write)
+    resumed = run(root, "synthesis.seed=9")
+    syn = resumed["stages"]["synthesis"]
+    assert syn["resumed"] and syn["resumed_from"] == 16 and syn["generated"] == 16
+
+    teacher = first["stages"]["teacher"]["path"]
+    clean = synthesize(load_teacher(teacher), load_prompts("toy", 32, 9), tmp_path, num_inference_steps=4,
+                       guidance_scale=4.0, batch_size=16, samples_per_shard=16, seed=9,
+                       video=teacher_video_size(teacher), progress=False)
+    assert clean["num_samples"] == 32
+    from anyflow.shards import ShardReader
+    assert [s.sha256 for s in ShardReader(syn["path"]).shards] == [s.sha256 for s in ShardReader(tmp_path).shards]
+
+
+def test_bad_inputs_fail_naming_the_culprit_and_keep_finished_stages(twice, tmp_path):
+    root, first, _ = twice
+    with pytest.raises(FileNotFoundError, match="teacher.path"):
+        run(root, "teacher.source=path", f"teacher.path={tmp_path / 'no-such-wan'}")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="empty.txt"):
+        run(root, f"synthesis.prompts={tmp_path / 'empty.txt'}")
+    assert Path(first["stages"]["teacher"]["path"], "manifest.json").is_file()
+
+
+def test_deployment_has_the_cron_schedule(prefect_harness):
+    from flows.deploy import deployment
+
+    d = deployment("ci", ["stage1.lr=1e-4"], "0 3 * * *", "ci-nightly")
+    assert d.name == "ci-nightly" and d.parameters == {"preset": "ci", "overrides": ["stage1.lr=1e-4"]}
+    assert d.schedules[0].schedule.cron == "0 3 * * *"

@@ -69,6 +69,8 @@ class ParsedVideo:
     count: int               # median over frames of the per-frame blob count
     counts: tuple[int, ...]  # per-frame blob counts
     trajectory: np.ndarray   # [F, 2] centroid (y, x) of the main object; NaN rows where missing
+    areas: np.ndarray | None = None       # [F] soft area of the main object, px; NaN where missing
+    background_rgb: np.ndarray | None = None  # measured background colour (RGB)
 
 
 @dataclass(frozen=True)
@@ -197,15 +199,17 @@ def parse_video(video: np.ndarray, spec: WorldSpec = WorldSpec()) -> ParsedVideo
     traj = np.full((len(video), 2), np.nan)
     tracks = _tracks(frames, gate=spec.object_size)
     background = _nearest(bg, BACKGROUNDS)
+    areas = np.full(len(video), np.nan)
     if not tracks:
-        return ParsedVideo(background, None, None, None, 0.0, count, counts, traj)
+        return ParsedVideo(background, None, None, None, 0.0, count, counts, traj, areas, bg)
     main = max(tracks, key=lambda tr: sum(b.area for b in tr.values()))
     for t, blob in main.items():
         traj[t] = blob.centroid
+        areas[t] = blob.area
     colour = _nearest(np.median([b.colour for b in main.values()], axis=0), COLOURS)
     shape = _shape(*np.median([(b.fill, b.skew) for b in main.values()], axis=0))
     direction, speed = _direction(traj, spec)
-    return ParsedVideo(background, colour, shape, direction, speed, count, counts, traj)
+    return ParsedVideo(background, colour, shape, direction, speed, count, counts, traj, areas, bg)
 
 
 def parse_batch(videos: np.ndarray, spec: WorldSpec = WorldSpec()) -> list[ParsedVideo]:

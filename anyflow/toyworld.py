@@ -101,6 +101,12 @@ def sample_conditions(num: int, seed: int, domain: str = "base", spec: WorldSpec
     return [dataclasses.replace(grid[i], start=_random_start(grid[i], rng, spec)) for i in picks]
 
 
+def with_fresh_starts(conds: list[Condition], seed: int, spec: WorldSpec = WorldSpec()) -> list[Condition]:
+    """The same prompts with new random start positions (valid for each condition's own motion)."""
+    rng = np.random.default_rng(seed)
+    return [dataclasses.replace(c, start=_random_start(c, rng, spec)) for c in conds]
+
+
 def _random_start(cond: Condition, rng: np.random.Generator, spec: WorldSpec) -> tuple[float, float]:
     half = spec.object_size / 2 + 1
     dy, dx = DIRECTIONS[cond.direction]

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from anyflow.lora import SELF_ATTENTION_FFN, TIME_EMBEDDERS, LoraSpec
 from anyflow.toybuild import ToyTeacherSpec
+from anyflow.vbench import VBenchSpec
 
 
 class Section(BaseModel):
@@ -116,6 +117,7 @@ class EvaluationConfig(Section):
     """NFE sweep of the student and the teacher baselines with common random numbers."""
 
     backend: Literal["toybench", "vbench"] = "toybench"
+    vbench: VBenchSpec = Field(default_factory=VBenchSpec)   # used when backend == "vbench" (GPU machines)
     nfe_list: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     num_prompts: int = Field(64, ge=1)
     seeds_per_prompt: int = Field(1, ge=1)

@@ -2,6 +2,7 @@
 
     python -m flows run --preset toy [--set stage1.lr=1e-4 ...] [--dry-run] [--summary-json PATH]
     python -m flows serve --preset toy --cron "0 3 * * *" [--name nightly]     (needs a Prefect server)
+    python -m flows evaluate STUDENT_FOLDER [--preset toy] [--set ...]       (score any exported student)
     python -m flows sample STUDENT_FOLDER --prompt "..." --nfe 1,4,32
 
 `run` executes the Prefect pipeline flow (stages cached and resumable, tracked in MLflow); `--dry-run`
@@ -22,17 +23,21 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flows", description="AnyFlow distillation pipeline")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run the pipeline for a preset"),
-                            ("serve", "serve the pipeline as a scheduled Prefect deployment")):
+                            ("serve", "serve the pipeline as a scheduled Prefect deployment"),
+                            ("evaluate", "score an exported student folder against the teacher's baselines")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--preset", default="toy",
                          help=f"preset name ({', '.join(conf.available_presets())}) or YAML path")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config value, e.g. --set stage1.lr=1e-4 (repeatable)")
+        if name == "evaluate":
+            cmd.add_argument("student", type=Path, help="an exported student folder (AnyFlowPipeline)")
+        if name in ("run", "evaluate"):
+            cmd.add_argument("--summary-json", type=Path, help="write a machine-readable run summary here")
         if name == "run":
             cmd.add_argument("--dry-run", action="store_true",
                              help="print the resolved config and the stage plan, run nothing")
-            cmd.add_argument("--summary-json", type=Path, help="write a machine-readable run summary here")
-        else:
+        elif name == "serve":
             cmd.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: daily at 03:00)")
             cmd.add_argument("--name", default=None, help="deployment name (default: <preset>-scheduled)")
     sample = sub.add_parser("sample", help="sample an exported AnyFlow student at several NFEs (GIFs + contact sheet)")
@@ -84,12 +89,32 @@ def run(args: argparse.Namespace) -> int:
 
     summary = pipeline(preset=args.preset, overrides=args.overrides,
                        summary_json=str(args.summary_json) if args.summary_json else None)
+    _report(summary)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    cfg = conf.load(args.preset, args.overrides)
+    configure_environment(cfg)
+    from flows.pipeline import evaluate_model
+
+    summary = evaluate_model(model=str(args.student), preset=args.preset, overrides=args.overrides,
+                             summary_json=str(args.summary_json) if args.summary_json else None)
+    _report(summary)
+    return 0
+
+
+def _report(summary: dict) -> None:
     for stage, info in summary["stages"].items():
         print(f"[anyflow] {stage:10s} {'cache hit' if info['cache_hit'] else 'built':9s} {info['path']}")
-    print(f"[anyflow] exported student: {summary['exported_model']}")
+    print(f"[anyflow] student: {summary['exported_model']}")
+    if summary.get("evaluation"):
+        ev = summary["evaluation"]
+        totals = ", ".join(f"{n}: {t:.3f}" for n, t in ev["student_total"].items())
+        print(f"[anyflow] student ToyBench Total by NFE: {totals}; any-step check "
+              f"{'passed' if ev['anystep_ok'] else 'FAILED'}; plot {ev['plot']}")
     print(f"[anyflow] MLflow: {summary['tracking_uri']} (experiment {summary['experiment']}, "
           f"run {summary['parent_run_id']}); browse with: mlflow ui --backend-store-uri {summary['tracking_uri']}")
-    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -118,7 +143,7 @@ def sample(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": run, "serve": serve, "sample": sample}[args.command](args)
+        return {"run": run, "serve": serve, "evaluate": evaluate, "sample": sample}[args.command](args)
     except conf.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,12 +1,14 @@
-"""The AnyFlow pipeline as one Prefect flow (DESIGN §1): stages in order, each a cached task.
+"""The AnyFlow pipeline as Prefect flows (DESIGN §1): stages in order, each a cached task.
 
-Wired so far: teacher → synthesis → export (the student is teacher-initialised until the training stages
-land). Parameters are JSON-friendly so deployments and the API can start runs.
+`pipeline`: teacher → synthesis → export → evaluate (the student is teacher-initialised until the training
+stages land). `evaluate_model`: score any exported student folder against the teacher's baselines.
+Parameters are JSON-friendly so deployments and the API can start runs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ from prefect.runtime import flow_run
 
 import conf
 from tasks.artifacts import StageHandle
-from tasks.export import export, export_key, export_params
+from tasks.evaluate import evaluate, evaluate_key, evaluate_params
+from tasks.export import export, export_key, export_params, external_student
 from tasks.pipelinerun import close_pipeline_run, open_pipeline_run, run_summary
 from tasks.stagerun import artifact_complete, for_run, record_cached
 from tasks.synthesis import synthesis, synthesis_key, synthesis_params
@@ -38,19 +41,25 @@ def _stage(stage_task, cfg, key: str, params: dict, parent: str, summary: dict, 
     return handle
 
 
-@flow(name="anyflow-pipeline", log_prints=True)
-def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_json: str | None = None) -> dict[str, Any]:
-    """Run the pipeline for `preset` with dotted `overrides`; return (and optionally write) the run summary."""
+def _evaluate(cfg, parent: str, summary: dict, t: StageHandle, student: StageHandle) -> None:
+    ev = _stage(evaluate, cfg, evaluate_key(cfg, t, student), evaluate_params(cfg), parent, summary,
+                teacher=t, student=student)
+    summary["evaluation"] = {"table": str(Path(ev.path) / ev.summary["table"]),
+                             "plot": str(Path(ev.path) / ev.summary["plot"]),
+                             "student_total": ev.summary["student_total"], "anystep_ok": ev.summary["anystep_ok"]}
+
+
+def _tracked(preset: str, overrides: list[str] | None, summary_json: str | None,
+             body: Callable[[conf.PipelineConfig, str, dict], None]) -> dict[str, Any]:
+    """Resolve the config, open the parent MLflow run, run `body(cfg, parent_run_id, summary)`, close the
+    run (FAILED on any error) and write the summary either way."""
     overrides = list(overrides or [])
     cfg = conf.load(preset, overrides)
     flow_run_id = flow_run.get_id()
     parent = open_pipeline_run(cfg, preset, overrides, flow_run_id)
     summary = run_summary(cfg, preset, parent, flow_run_id)
     try:
-        t = _stage(teacher, cfg, teacher_key(cfg), teacher_params(cfg), parent, summary)
-        _stage(synthesis, cfg, synthesis_key(cfg, t), synthesis_params(cfg), parent, summary, teacher=t)
-        student = _stage(export, cfg, export_key(cfg, t), export_params(cfg), parent, summary, teacher=t)
-        summary["exported_model"] = str(Path(student.path) / student.summary["model"])
+        body(cfg, parent, summary)
     except BaseException as err:
         summary["error"] = f"{type(err).__name__}: {err}"
         close_pipeline_run(cfg, parent, summary, failed=True)
@@ -59,6 +68,32 @@ def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_js
     close_pipeline_run(cfg, parent, summary)
     _write(summary, summary_json)
     return summary
+
+
+@flow(name="anyflow-pipeline", log_prints=True)
+def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_json: str | None = None) -> dict[str, Any]:
+    """Run the pipeline for `preset` with dotted `overrides`; return (and optionally write) the run summary."""
+    def body(cfg, parent, summary):
+        t = _stage(teacher, cfg, teacher_key(cfg), teacher_params(cfg), parent, summary)
+        _stage(synthesis, cfg, synthesis_key(cfg, t), synthesis_params(cfg), parent, summary, teacher=t)
+        student = _stage(export, cfg, export_key(cfg, t), export_params(cfg), parent, summary, teacher=t)
+        summary["exported_model"] = str(Path(student.path) / student.summary["model"])
+        _evaluate(cfg, parent, summary, t, student)
+
+    return _tracked(preset, overrides, summary_json, body)
+
+
+@flow(name="anyflow-evaluate", log_prints=True)
+def evaluate_model(model: str, preset: str = "toy", overrides: list[str] | None = None,
+                   summary_json: str | None = None) -> dict[str, Any]:
+    """Score an exported student folder (no training); the teacher of `preset` provides the baselines."""
+    def body(cfg, parent, summary):
+        student = external_student(model)
+        t = _stage(teacher, cfg, teacher_key(cfg), teacher_params(cfg), parent, summary)
+        summary["exported_model"] = str(Path(model).resolve())
+        _evaluate(cfg, parent, summary, t, student)
+
+    return _tracked(preset, overrides, summary_json, body)
 
 
 def _write(summary: dict, path: str | None) -> None:

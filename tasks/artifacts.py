@@ -45,6 +45,15 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def folder_fingerprint(folder: Path) -> str:
+    """Names, sizes and mtimes of a folder's files: a changed external teacher changes every key after it."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def stage_key(stage: str, config: Any, upstream: tuple[str, ...] = ()) -> str:
     """Cache key of a stage: its config, its upstream keys and the anyflow code version."""
     payload = {"stage": stage, "config": config, "upstream": list(upstream), "code": code_version()}

@@ -15,7 +15,7 @@ from anyflow.media import contact_sheet
 from anyflow.student import student_from_teacher
 from anyflow.wan import load_teacher, teacher_video_size
 from conf.schema import PipelineConfig
-from tasks.artifacts import StageHandle, stage_key
+from tasks.artifacts import StageHandle, folder_fingerprint, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 
 PREVIEW_NFES = (1, 4, 32)
@@ -57,3 +57,11 @@ def _preview_prompts(cfg: PipelineConfig) -> list[str]:
 @task(name="export", cache_key_fn=prefect_cache_key("export", export_key), persist_result=True)
 def export(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle) -> StageHandle:
     return run_export(cfg, teacher, parent_run_id)
+
+
+def external_student(folder: str | Path) -> StageHandle:
+    """A handle on any exported student folder (e.g. from another run), keyed by its files."""
+    folder = Path(folder).resolve()
+    if not (folder / "anyflow_export.json").is_file():
+        raise FileNotFoundError(f"{folder} is not an anyflow student export (no anyflow_export.json)")
+    return StageHandle("export", folder_fingerprint(folder), str(folder.parent), {"model": folder.name})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
@@ -11,18 +10,9 @@ from prefect import task
 from anyflow.toybuild import build_toy_teacher
 from anyflow.wan import TOY_SPEC_FILE, check_wan_folder
 from conf.schema import PipelineConfig
-from tasks.artifacts import StageHandle, read_manifest, stage_dir, stage_key
+from tasks.artifacts import StageHandle, folder_fingerprint, read_manifest, stage_dir, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 from tasks.tracking import Tracker
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """Names, sizes and mtimes of a folder's files: a changed external teacher changes every key after it."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        st = path.stat()
-        h.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
 
 
 def external_teacher(cfg: PipelineConfig) -> Path:

@@ -38,19 +38,20 @@ def children(summary):
 
 def test_first_run_builds_every_stage(twice):
     _, first, _ = twice
-    assert states(first) == {"teacher": "Completed", "synthesis": "Completed", "export": "Completed"}
+    assert states(first) == {"teacher": "Completed", "synthesis": "Completed", "export": "Completed",
+                             "evaluate": "Completed"}
     assert not any(info["cache_hit"] for info in first["stages"].values())
     assert Path(first["exported_model"], "model_index.json").is_file()
 
 
 def test_second_run_is_all_cache_hits(twice):
     root, first, second = twice
-    assert states(second) == {"teacher": "Cached", "synthesis": "Cached", "export": "Cached"}
+    assert states(second) == {"teacher": "Cached", "synthesis": "Cached", "export": "Cached", "evaluate": "Cached"}
     assert all(info["cache_hit"] for info in second["stages"].values())
     assert {s: i["path"] for s, i in first["stages"].items()} == {s: i["path"] for s, i in second["stages"].items()}
     assert (root / "summary.json").is_file()
     _, runs = children(second)
-    assert set(runs) == {"teacher", "synthesis", "export"}
+    assert set(runs) == {"teacher", "synthesis", "export", "evaluate"}
     assert all(r.data.tags["cache_hit"] == "true" for r in runs.values())
     assert runs["synthesis"].data.tags["source_run_id"] == first["stages"]["synthesis"]["mlflow_run_id"]
 
@@ -63,26 +64,33 @@ def test_mlflow_parent_and_children(twice):
     assert parent.data.tags["prefect_flow_run_id"] == str(first["prefect_flow_run_id"])
     assert parent.data.params["synthesis.num_samples"] == "32"
     assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert set(runs) == {"teacher", "synthesis", "export"} and all(r.data.tags["cache_hit"] == "false"
-                                                                   for r in runs.values())
+    assert set(runs) == {"teacher", "synthesis", "export", "evaluate"}
+    assert all(r.data.tags["cache_hit"] == "false" for r in runs.values())
     syn = runs["synthesis"]
     assert syn.data.params["num_inference_steps"] == "4" and syn.data.metrics["synthesis/num_samples"] == 32
     assert len(client.get_metric_history(runs["teacher"].info.run_id, "teacher/loss")) >= 3
     assert "manifest.parquet" in {a.path for a in client.list_artifacts(syn.info.run_id)}
     assert "preview.png" in {a.path for a in client.list_artifacts(runs["export"].info.run_id)}
+    ev = runs["evaluate"]
+    assert {"score_vs_nfe.png", "table.parquet", "table.json", "anystep.json"} <= {
+        a.path for a in client.list_artifacts(ev.info.run_id)}
+    assert {"eval/total_nfe1", "eval/total_nfe4", "eval/teacher_euler/total_nfe4", "eval/anystep_ok"} <= set(ev.data.metrics)
+    assert ev.data.tags["anystep_ok"] in ("true", "false")
+    assert sorted(m.step for m in client.get_metric_history(ev.info.run_id, "eval/total")) == [1, 2, 4]
 
 
 def test_changed_config_reruns_only_the_affected_stage(twice):
     root, _, _ = twice
     third = run(root, "synthesis.seed=1")
-    assert states(third) == {"teacher": "Cached", "synthesis": "Completed", "export": "Cached"}
+    assert states(third) == {"teacher": "Cached", "synthesis": "Completed", "export": "Cached", "evaluate": "Cached"}
 
 
 def test_deleted_artifact_is_rebuilt(twice):
     root, first, _ = twice
     shutil.rmtree(first["stages"]["export"]["path"])
     again = run(root)
-    assert states(again) == {"teacher": "Cached", "synthesis": "Cached", "export": "Completed"}
+    # the rebuilt export has the same content address, so its evaluation stays valid
+    assert states(again) == {"teacher": "Cached", "synthesis": "Cached", "export": "Completed", "evaluate": "Cached"}
     assert Path(again["exported_model"], "model_index.json").is_file()
 
 
@@ -127,6 +135,21 @@ def test_bad_inputs_fail_naming_the_culprit_and_keep_finished_stages(twice, tmp_
     with pytest.raises(ValueError, match="empty.txt"):
         run(root, f"synthesis.prompts={tmp_path / 'empty.txt'}")
     assert Path(first["stages"]["teacher"]["path"], "manifest.json").is_file()
+
+
+def test_evaluate_entry_scores_any_exported_folder(twice, tmp_path):
+    import shutil as sh
+
+    from flows.pipeline import evaluate_model
+
+    root, first, _ = twice
+    copy = tmp_path / "someone-elses-student"
+    sh.copytree(first["exported_model"], copy)
+    out = evaluate_model(model=str(copy), preset="ci", overrides=[f"paths.root={root}"])
+    assert states(out) == {"teacher": "Cached", "evaluate": "Completed"}
+    assert set(out["evaluation"]["student_total"]) == {1, 2, 4} and Path(out["evaluation"]["plot"]).is_file()
+    again = evaluate_model(model=str(copy), preset="ci", overrides=[f"paths.root={root}"])
+    assert states(again) == {"teacher": "Cached", "evaluate": "Cached"}
 
 
 def test_deployment_has_the_cron_schedule(prefect_harness):

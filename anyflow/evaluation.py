@@ -1,0 +1,169 @@
+"""NFE sweeps with common random numbers: the model under test against the teacher's baselines (DESIGN §8).
+
+Every sampler starts from the same noise per (prompt, seed): sample i's noise comes from a generator
+seeded `seed + i`. Rows of the result table are (model, NFE); the models are
+  student         the flow-map student, N steps on the shifted grid, guidance fused: NFE = N
+  teacher_euler   the teacher's Euler with CFG at N/2 steps: NFE = 2·(N/2) (CFG is counted; odd NFEs skipped)
+  reference       the teacher's full-step CFG solution (`reference_steps` Euler steps), the converged ODE answer
+Scores come from ToyBench (anyflow.toybench) for the toy world. Total gets a bootstrap CI over videos, and
+the any-step check asks that the student's Total never falls by more than its noise as NFE grows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from anyflow import toybench, toyworld
+from anyflow.flowmap import classifier_free_guidance, sample_euler, sample_flow_map
+from anyflow.student import average_velocity
+from anyflow.teacher import teacher_velocity
+from anyflow.wan import Teacher
+
+# sampler(noise [B, C, F, H, W], text [B, S, D], steps) -> latents [B, C, F, H, W]
+Sampler = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    nfe_list: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    num_prompts: int = 64
+    seeds_per_prompt: int = 1
+    teacher_guidance_scale: float = 4.0
+    reference_steps: int = 50
+    bootstrap_samples: int = 1000
+    shift: float = 3.0
+    batch_size: int = 32
+    seed: int = 1234
+
+
+def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """[n, *shape] standard normal, sample i from its own generator seeded `seed + i` (common random numbers)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
+
+
+def student_sampler(model, shift: float) -> Sampler:
+    return lambda noise, text, steps: sample_flow_map(
+        lambda z, t, r: average_velocity(model, z, t, r, text), noise, steps, shift)
+
+
+def teacher_sampler(teacher: Teacher, uncond: torch.Tensor, guidance: float, shift: float) -> Sampler:
+    """Euler on the teacher's velocity with CFG (one batched call for both branches)."""
+    def velocity(z, t, text):
+        both = teacher_velocity(teacher.transformer, torch.cat([z, z]), torch.cat([t, t]),
+                                torch.cat([text, uncond.expand(len(z), -1, -1)]))
+        cond, unc = both.chunk(2)
+        return classifier_free_guidance(cond, unc, guidance)
+    return lambda noise, text, steps: sample_euler(lambda z, t: velocity(z, t, text), noise, steps, shift)
+
+
+@torch.no_grad()
+def run_sampler(sampler: Sampler, noise: torch.Tensor, text: torch.Tensor, steps: int, batch_size: int) -> torch.Tensor:
+    return torch.cat([sampler(noise[i:i + batch_size], text[i:i + batch_size], steps)
+                      for i in range(0, len(noise), batch_size)])
+
+
+def bootstrap_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
+    """(std error, 2.5 %, 97.5 %) of the mean by bootstrap over videos."""
+    if samples < 1 or len(values) < 2:
+        return 0.0, float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (samples, len(values)))].mean(axis=1)
+    return float(means.std()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def anystep_check(nfes: list[int], per_video_totals: list[np.ndarray], samples: int, seed: int) -> dict:
+    """Does Total keep from falling as NFE grows? For each consecutive pair, the paired bootstrap of
+    ΔTotal = Total(N_next) − Total(N) must not be significantly negative (97.5 % quantile ≥ 0)."""
+    rng = np.random.default_rng(seed)
+    pairs, ok = [], True
+    for (n0, a), (n1, b) in zip(zip(nfes, per_video_totals), list(zip(nfes, per_video_totals))[1:]):
+        d = b - a
+        idx = rng.integers(0, len(d), (max(samples, 1), len(d)))
+        hi = float(np.percentile(d[idx].mean(axis=1), 97.5))
+        pairs.append({"from": n0, "to": n1, "delta": float(d.mean()), "delta_hi": hi})
+        ok &= hi >= 0
+    means = [float(t.mean()) for t in per_video_totals]
+    rho = float(np.corrcoef(np.argsort(np.argsort(nfes)), np.argsort(np.argsort(means)))[0, 1]) if len(nfes) > 2 else 1.0
+    return {"ok": bool(ok), "pairs": pairs, "spearman": rho}
+
+
+@dataclass
+class SweepResult:
+    rows: list[dict]                       # one per (model, nfe)
+    videos: dict[tuple[str, int], np.ndarray]
+    anystep: dict
+
+
+def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, world: toyworld.WorldSpec,
+              progress: Callable[[str], None] = lambda msg: None) -> SweepResult:
+    """Score every sampler at every NFE of `spec` (and the teacher reference) on toy-world prompts."""
+    conds = [c for c in toyworld.sample_conditions(spec.num_prompts, spec.seed, "base", world)
+             for _ in range(spec.seeds_per_prompt)]
+    text = teacher.encode_prompts([c.prompt for c in conds])
+    uncond = teacher.uncond_embedding()
+    z_shape = tuple(teacher.encode_video(torch.zeros(1, 3, world.num_frames, world.height, world.width)).shape[1:])
+    noise = initial_noise(len(conds), z_shape, spec.seed)
+    real = toybench.real_reference(conds, world, spec.seed)
+
+    progress(f"reference: teacher Euler + CFG {spec.teacher_guidance_scale}, {spec.reference_steps} steps")
+    ref_sampler = teacher_sampler(teacher, uncond, spec.teacher_guidance_scale, spec.shift)
+    ref_latents = run_sampler(ref_sampler, noise, text, spec.reference_steps, spec.batch_size)
+    ref_videos = teacher.decode(ref_latents)
+
+    rows, videos, totals = [], {}, {}
+
+    def add(model: str, nfe: int, steps: int, latents: torch.Tensor) -> None:
+        vids = teacher.decode(latents)
+        metrics, per_video = toybench.score(vids, conds, world, real, seed=spec.seed)
+        se, lo, hi = bootstrap_ci(per_video, spec.bootstrap_samples, spec.seed)
+        fid = toybench.fidelity(latents.numpy(), ref_latents.numpy(), vids, ref_videos)
+        rows.append({"model": model, "nfe": nfe, "steps": steps, **metrics, **fid,
+                     "total_se": se, "total_ci_lo": lo, "total_ci_hi": hi})
+        videos[(model, nfe)] = vids
+        totals[(model, nfe)] = per_video
+
+    add("reference", 2 * spec.reference_steps, spec.reference_steps, ref_latents)
+    for name, sampler in samplers.items():
+        for nfe in spec.nfe_list:
+            steps = nfe // 2 if name == "teacher_euler" else nfe
+            if name == "teacher_euler" and nfe % 2:
+                continue                    # CFG costs two evaluations per step
+            progress(f"{name}: NFE {nfe} ({steps} steps)")
+            add(name, nfe, steps, run_sampler(sampler, noise, text, steps, spec.batch_size))
+    anystep = {}
+    if "student" in samplers:
+        nfes = [n for n in spec.nfe_list]
+        anystep = anystep_check(nfes, [totals[("student", n)] for n in nfes], spec.bootstrap_samples, spec.seed)
+    return SweepResult(rows=rows, videos=videos, anystep=anystep)
+
+
+def plot_sweep(rows: list[dict], path, title: str = "ToyBench Total vs NFE (not comparable to VBench)") -> None:
+    """Score-vs-NFE plot: a line with 95 % CI per model, the reference as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for model in sorted({r["model"] for r in rows} - {"reference"}):
+        pts = sorted((r for r in rows if r["model"] == model), key=lambda r: r["nfe"])
+        x = [r["nfe"] for r in pts]
+        y = [r["total"] for r in pts]
+        err = [[r["total"] - r["total_ci_lo"] for r in pts], [r["total_ci_hi"] - r["total"] for r in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=model)
+    for r in rows:
+        if r["model"] == "reference":
+            ax.axhline(r["total"], ls="--", c="gray", label=f"teacher reference ({r['steps']} steps + CFG)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("NFE (network evaluations; CFG counts twice)")
+    ax.set_ylabel("Total")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

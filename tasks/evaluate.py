@@ -1,0 +1,125 @@
+"""Evaluate stage: NFE sweep of an exported student against the teacher's Euler and full-step reference
+(ToyBench for the toy world), with a table, a plot, sample sheets, bootstrap CIs and the any-step check,
+all logged to the stage's MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from prefect import task
+
+from anyflow import vbench
+from anyflow.evaluation import SweepSpec, plot_sweep, student_sampler, teacher_sampler, toy_sweep
+from anyflow.export import load_student
+from anyflow.media import contact_sheet, save_gif
+from anyflow.toybuild import toy_world_of
+from anyflow.wan import load_teacher
+from conf.schema import PipelineConfig
+from tasks.artifacts import StageHandle, stage_key
+from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+
+HEADLINE = ("total", "quality", "semantic", "colour", "shape", "direction", "count", "dynamic", "swd",
+            "sharpness_ratio", "latent_rel_error", "psnr")
+
+
+def evaluate_params(cfg: PipelineConfig) -> dict:
+    return {**cfg.evaluation.model_dump(mode="json"), "shift": cfg.stage1.shift}
+
+
+def evaluate_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle) -> str:
+    return stage_key("evaluate", evaluate_params(cfg), (teacher.key, student.key))
+
+
+def sweep_spec(cfg: PipelineConfig) -> SweepSpec:
+    e = cfg.evaluation
+    return SweepSpec(nfe_list=tuple(e.nfe_list), num_prompts=e.num_prompts, seeds_per_prompt=e.seeds_per_prompt,
+                     teacher_guidance_scale=e.teacher_guidance_scale, reference_steps=e.reference_steps,
+                     bootstrap_samples=e.bootstrap_samples, shift=cfg.stage1.shift, seed=e.seed)
+
+
+def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle,
+                   parent_run_id: str | None = None) -> StageHandle:
+    if cfg.evaluation.backend == "vbench":
+        return run_stage(cfg, "evaluate", evaluate_key(cfg, teacher, student), evaluate_params(cfg), parent_run_id,
+                         lambda out, ctx: _vbench(cfg, student, out, ctx))
+
+    def build(out: Path, ctx: StageContext) -> dict:
+        world = toy_world_of(teacher.path)
+        if world is None:
+            raise ValueError(f"ToyBench needs a toy teacher; {teacher.path} is not one (use evaluation.backend=vbench)")
+        model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+        exported = load_student(Path(student.path) / student.summary["model"])
+        spec = sweep_spec(cfg)
+        samplers = {"student": student_sampler(exported.pipe.transformer, spec.shift),
+                    "teacher_euler": teacher_sampler(model, model.uncond_embedding(), spec.teacher_guidance_scale,
+                                                     spec.shift)}
+        result = toy_sweep(samplers, model, spec, world, progress=lambda msg: print(f"[evaluate] {msg}", flush=True))
+        table = pa.Table.from_pylist(result.rows)
+        pq.write_table(table, out / "table.parquet")
+        (out / "table.json").write_text(json.dumps(result.rows, indent=2))
+        (out / "anystep.json").write_text(json.dumps(result.anystep, indent=2))
+        plot_sweep(result.rows, out / "score_vs_nfe.png")
+        for model_name in ("student", "teacher_euler"):
+            rows = {f"{n} NFE": v[:4] for (m, n), v in sorted(result.videos.items()) if m == model_name}
+            if rows:
+                contact_sheet(rows, out / f"samples_{model_name}.png")
+        (out / "gifs").mkdir()
+        for (m, n), v in result.videos.items():
+            save_gif(v[0], out / "gifs" / f"{m}_nfe{n}.gif")
+        for r in result.rows:
+            prefix = "eval" if r["model"] == "student" else f"eval/{r['model']}"
+            ctx.log({f"{prefix}/{k}_nfe{r['nfe']}": r[k] for k in HEADLINE if k in r}, r["nfe"])   # MLflow forbids "@"
+            ctx.log({f"{prefix}/{k}": r[k] for k in HEADLINE if k in r}, r["nfe"])   # curves over NFE
+        if result.anystep:
+            ctx.log({"eval/anystep_ok": float(result.anystep["ok"]), "eval/anystep_spearman": result.anystep["spearman"]}, 0)
+            ctx.tracker.set_tags(ctx.run_id, {"anystep_ok": str(result.anystep["ok"]).lower()})
+        ctx.log.flush()
+        for name in ("table.parquet", "table.json", "anystep.json", "score_vs_nfe.png", "samples_student.png",
+                     "samples_teacher_euler.png"):
+            if (out / name).exists():
+                ctx.log_artifact(out / name)
+        ctx.log_artifact(out / "gifs", "gifs")
+        student_rows = {r["nfe"]: round(r["total"], 4) for r in result.rows if r["model"] == "student"}
+        return {"table": "table.parquet", "plot": "score_vs_nfe.png", "student_total": student_rows,
+                "anystep_ok": result.anystep.get("ok")}
+
+    return run_stage(cfg, "evaluate", evaluate_key(cfg, teacher, student), evaluate_params(cfg), parent_run_id,
+                     build)
+
+
+@task(name="evaluate", cache_key_fn=prefect_cache_key("evaluate", evaluate_key), persist_result=True)
+def evaluate(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle, student: StageHandle) -> StageHandle:
+    return run_evaluation(cfg, teacher, student, parent_run_id)
+
+
+def _vbench(cfg: PipelineConfig, student: StageHandle, out: Path, ctx: StageContext) -> dict:
+    """VBench at each NFE of the sweep on the prompts in `synthesis.prompts` (GPU machines)."""
+    from anyflow.prompts import load_prompts
+
+    spec = cfg.evaluation.vbench
+    vbench.check_ready(spec)                                     # fail before generating anything
+    exported = load_student(Path(student.path) / student.summary["model"],
+                            device="cuda" if torch.cuda.is_available() else "cpu")
+    prompts = load_prompts(cfg.synthesis.prompts, cfg.evaluation.num_prompts)
+    rows = []
+    for nfe in cfg.evaluation.nfe_list:
+        videos = vbench.write_videos(lambda ps, seed: exported.generate(ps, nfe=nfe, seed=seed, batch_size=1),
+                                     prompts, out / f"videos_nfe{nfe}", spec.samples_per_prompt, spec.seed)
+        result = vbench.run(spec, videos, out / f"vbench_nfe{nfe}", name=f"nfe{nfe}")
+        rows.append({"model": "student", "nfe": nfe, **{f"raw_{k}": v for k, v in result["raw"].items()},
+                     **result["official"], **{f"clipped_{k}": v for k, v in result["clipped"].items()},
+                     "variant": result["variant"], "prompts": result["prompts"],
+                     "samples_per_prompt": result["samples_per_prompt"], "seed": result["seed"]})
+        ctx.log({f"vbench/{k}_nfe{nfe}": v for k, v in result["official"].items()}, nfe)
+    (out / "table.json").write_text(json.dumps(rows, indent=2))
+    pq.write_table(pa.Table.from_pylist(rows), out / "table.parquet")
+    plot_sweep([{**r, "total_ci_lo": r.get("total", 0), "total_ci_hi": r.get("total", 0)} for r in rows],
+               out / "score_vs_nfe.png", title=f"VBench Total vs NFE ({spec.variant}, official aggregation)")
+    ctx.log_artifact(out / "table.json")
+    ctx.log_artifact(out / "score_vs_nfe.png")
+    return {"table": "table.parquet", "plot": "score_vs_nfe.png",
+            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None}

@@ -17,6 +17,8 @@ the text exactly (anyflow.textpad).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from diffusers import AnyFlowTransformer3DModel, WanTransformer3DModel
 
@@ -49,7 +51,8 @@ def student_config(teacher: WanTransformer3DModel, gate_value: float) -> dict:
         if cfg.get(key, supported) != supported:
             raise ValueError(f"teacher transformer config {key}={cfg[key]!r} is not supported by "
                              f"AnyFlowTransformer3DModel (needs {supported!r})")
-    keep = AnyFlowTransformer3DModel.extract_init_dict(cfg)[0]
+    accepted = inspect.signature(AnyFlowTransformer3DModel.__init__).parameters
+    keep = {k: v for k, v in cfg.items() if k in accepted and k != "self"}
     keep.update(gate_value=gate_value, deltatime_type="r", patch_size=tuple(cfg["patch_size"]))
     return keep
 

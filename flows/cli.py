@@ -63,14 +63,22 @@ def configure_environment(cfg: conf.PipelineConfig) -> None:
 def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
     """(stage, artifact directory, complete) for each wired stage, without computing anything."""
     from tasks.artifacts import StageHandle, read_manifest, stage_dir
+    from tasks.evaluate import evaluate_key
     from tasks.export import export_key
+    from tasks.stage1 import stage1_key
     from tasks.synthesis import synthesis_key
     from tasks.teacher import teacher_key, teacher_location
 
     folder, ready = teacher_location(cfg)
-    t = StageHandle("teacher", teacher_key(cfg), str(folder), {})
     rows = [("teacher", str(folder), ready)]
-    for stage, key in (("synthesis", synthesis_key(cfg, t)), ("export", export_key(cfg, t))):
+    handles = {"teacher": StageHandle("teacher", teacher_key(cfg), str(folder), {})}
+    chain = (("synthesis", lambda h: synthesis_key(cfg, h["teacher"])),
+             ("stage1", lambda h: stage1_key(cfg, h["teacher"], h["synthesis"])),
+             ("export", lambda h: export_key(cfg, h["teacher"], h["stage1"])),
+             ("evaluate", lambda h: evaluate_key(cfg, h["teacher"], h["export"])))
+    for stage, key_fn in chain:     # keys chain through upstream keys, so the plan needs no artifacts
+        key = key_fn(handles)
+        handles[stage] = StageHandle(stage, key, "", {})
         path = stage_dir(cfg.paths.artifacts, stage, key)
         rows.append((stage, str(path), read_manifest(path) is not None))
     return rows

@@ -1,8 +1,6 @@
-"""Export stage: the student as a Diffusers AnyFlowPipeline folder, plus a contact sheet of samples.
-
-Until the training stages land (stage 1, stage 2), the exported student is the teacher-initialised one
-(`student: teacher-init` in the summary): the export format and its loading are real, the weights are
-the teacher's (at r = t it is the teacher)."""
+"""Export stage: the trained student (teacher weights + its LoRA, merged) as a Diffusers AnyFlowPipeline
+folder, plus a contact sheet of samples at a few NFEs. The student comes from the last training stage that
+ran (stage 1 until stage 2 lands)."""
 
 from __future__ import annotations
 
@@ -11,6 +9,7 @@ from pathlib import Path
 from prefect import task
 
 from anyflow.export import export_student, load_student
+from anyflow.lora import load_lora, merge_lora
 from anyflow.media import contact_sheet
 from anyflow.student import student_from_teacher
 from anyflow.wan import load_teacher, teacher_video_size
@@ -22,30 +21,32 @@ PREVIEW_NFES = (1, 4, 32)
 
 
 def export_params(cfg: PipelineConfig) -> dict:
-    return {"student": "teacher-init", "gate_value": cfg.stage1.gate_value, "shift": cfg.stage1.shift,
-            "preview_nfes": list(PREVIEW_NFES)}
+    return {"gate_value": cfg.stage1.gate_value, "shift": cfg.stage1.shift, "preview_nfes": list(PREVIEW_NFES)}
 
 
-def export_key(cfg: PipelineConfig, teacher: StageHandle) -> str:
-    return stage_key("export", export_params(cfg), (teacher.key,))
+def export_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle) -> str:
+    return stage_key("export", export_params(cfg), (teacher.key, student.key))
 
 
-def run_export(cfg: PipelineConfig, teacher: StageHandle, parent_run_id: str | None = None) -> StageHandle:
+def run_export(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle,
+               parent_run_id: str | None = None) -> StageHandle:
     def build(out: Path, ctx: StageContext) -> dict:
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
-        student = student_from_teacher(model.transformer, cfg.stage1.gate_value)
-        folder = export_student(student, teacher.path, out / "model", shift=cfg.stage1.shift,
+        trained = student_from_teacher(model.transformer, cfg.stage1.gate_value)
+        load_lora(trained, Path(student.path) / student.summary["lora"])
+        folder = export_student(merge_lora(trained), teacher.path, out / "model", shift=cfg.stage1.shift,
                                 video=teacher_video_size(teacher.path),
-                                provenance={"student": "teacher-init", "teacher_key": teacher.key})
+                                provenance={"student": student.stage, "student_key": student.key,
+                                            "teacher_key": teacher.key})
         prompts = _preview_prompts(cfg)
         exported = load_student(folder)
         rows = {f"{n} NFE": exported.generate(prompts, nfe=n, seed=cfg.seed) for n in PREVIEW_NFES}
         sheet = contact_sheet(rows, out / "preview.png", columns=prompts)
         ctx.log_artifact(sheet)
         ctx.log_artifact(folder / "anyflow_export.json")
-        return {"model": folder.name, "student": "teacher-init"}   # relative: the work dir is renamed
+        return {"model": folder.name, "student": student.stage}   # relative: the work dir is renamed
 
-    return run_stage(cfg, "export", export_key(cfg, teacher), export_params(cfg), parent_run_id, build)
+    return run_stage(cfg, "export", export_key(cfg, teacher, student), export_params(cfg), parent_run_id, build)
 
 
 def _preview_prompts(cfg: PipelineConfig) -> list[str]:
@@ -55,8 +56,8 @@ def _preview_prompts(cfg: PipelineConfig) -> list[str]:
 
 
 @task(name="export", cache_key_fn=prefect_cache_key("export", export_key), persist_result=True)
-def export(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle) -> StageHandle:
-    return run_export(cfg, teacher, parent_run_id)
+def export(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle, student: StageHandle) -> StageHandle:
+    return run_export(cfg, teacher, student, parent_run_id)
 
 
 def external_student(folder: str | Path) -> StageHandle:

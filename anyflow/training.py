@@ -1,0 +1,137 @@
+"""The training loop every stage shares (recipe §4.2-4.4): accelerate, AdamW over the trainable parameters,
+linear warm-up then constant LR, gradient clipping, EMA of the trainable parameters, periodic checkpoints
+with exact resume, metrics through `log`, a progress bar. Each stage supplies its step function.
+
+Exact resume: a checkpoint holds accelerate's `save_state` (model, optimizer, scheduler, RNG states), the
+EMA shadow weights and the step's own generator state (safetensors), and `progress.json` (step, data
+position). A run restarted from it draws the same batches and noise and reproduces the uninterrupted loss
+curve. Checkpoints are written to a temporary directory and renamed into place; the last two are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_constant_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from anyflow.checkpoint import load_tensors, save_tensors
+
+LogFn = Callable[[Mapping[str, float], int], None]
+# step(batch, generator) -> (loss to backpropagate, metrics to log)
+StepFn = Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+# batches(start_position) -> iterator of batches, each with a `.position` (samples consumed after it)
+BatchSource = Callable[[int], Iterator[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopSpec:
+    num_steps: int
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_start_step: int = 0            # the EMA copies the weights until this step (recipe §4.3)
+    checkpoint_every: int = 100
+    seed: int = 0
+    name: str = "train"                # metric prefix and progress-bar label
+
+
+def _latest(ckpt_dir: Path) -> Path | None:
+    pointer = ckpt_dir / "latest.json"
+    if not pointer.is_file():
+        return None
+    path = ckpt_dir / json.loads(pointer.read_text())["dir"]
+    return path if (path / "progress.json").is_file() else None
+
+
+def _save(accelerator: Accelerator, ckpt_dir: Path, step: int, position: int, ema: EMAModel,
+          generator: torch.Generator) -> None:
+    name = f"step-{step:07d}"
+    tmp = ckpt_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        save_tensors({f"shadow.{i}": p for i, p in enumerate(ema.shadow_params)}, tmp / "ema.safetensors",
+                     metadata={"optimization_step": ema.optimization_step})
+        save_tensors({"state": generator.get_state()}, tmp / f"generator-{accelerator.process_index}.safetensors")
+        (tmp / "progress.json").write_text(json.dumps({"step": step, "position": position}))
+        os.replace(tmp, ckpt_dir / name)
+        pointer = ckpt_dir / "latest.json.tmp"
+        pointer.write_text(json.dumps({"dir": name}))
+        os.replace(pointer, ckpt_dir / "latest.json")
+        for old in sorted(ckpt_dir.glob("step-*"))[:-2]:
+            shutil.rmtree(old)
+
+
+def train(model: torch.nn.Module, params: list[torch.nn.Parameter], step_fn: StepFn, batches: BatchSource,
+          spec: LoopSpec, ckpt_dir: str | Path, log: LogFn = lambda m, s: None, progress: bool = True,
+          accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Train `params` of `model` for `spec.num_steps` (resuming from `ckpt_dir` if it holds a checkpoint);
+    leave the EMA weights in `model`. Returns a summary."""
+    if not params:
+        raise ValueError("train: no trainable parameters")
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    sched = get_constant_schedule_with_warmup(opt, spec.warmup_steps)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    ema = EMAModel(params, decay=spec.ema_decay, update_after_step=spec.ema_start_step)
+    generator = torch.Generator().manual_seed(spec.seed + accelerator.process_index)
+    start, position = 0, 0
+    resume = _latest(ckpt_dir)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        shadow, meta = load_tensors(resume / "ema.safetensors")
+        ema.shadow_params = [shadow[f"shadow.{i}"].to(p.device) for i, p in enumerate(params)]
+        ema.optimization_step = meta["optimization_step"]
+        generator.set_state(load_tensors(resume / f"generator-{accelerator.process_index}.safetensors")[0]["state"])
+        progress_state = json.loads((resume / "progress.json").read_text())
+        start, position = progress_state["step"], progress_state["position"]
+    data = batches(position)
+    model.train()
+    bar = tqdm(range(start, spec.num_steps), initial=start, total=spec.num_steps, desc=spec.name,
+               disable=not (progress and accelerator.is_main_process), mininterval=5)
+    losses, t0, samples = [], time.time(), 0
+    for step in bar:
+        batch = next(data)
+        loss, metrics = step_fn(batch, generator)
+        value = float(loss.detach())
+        if not math.isfinite(value):     # before backward: a NaN must not reach the weights or the EMA
+            raise FloatingPointError(f"{spec.name} loss became {value} at step {step}")
+        accelerator.backward(loss)
+        grad_norm = accelerator.clip_grad_norm_(params, spec.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(params)
+        position = batch.position
+        losses.append(value)
+        samples += len(getattr(batch, "prompts", [])) or 1
+        if accelerator.is_main_process:
+            log({f"{spec.name}/loss": value, f"{spec.name}/grad_norm": float(grad_norm),
+                 f"{spec.name}/lr": sched.get_last_lr()[0], f"{spec.name}/ema_decay": ema.cur_decay_value or 0.0,
+                 f"{spec.name}/samples_per_s": samples / max(time.time() - t0, 1e-9),
+                 **{f"{spec.name}/{k}": v for k, v in metrics.items() if math.isfinite(v)}}, step)
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        if (step + 1) % spec.checkpoint_every == 0 or step + 1 == spec.num_steps:
+            _save(accelerator, ckpt_dir, step + 1, position, ema, generator)
+    accelerator.wait_for_everyone()
+    ema.copy_to(params)
+    tail = losses[-50:]
+    return {"steps": spec.num_steps, "resumed_from": start, "final_loss": sum(tail) / len(tail) if tail else None,
+            "samples_per_s": round(samples / max(time.time() - t0, 1e-9), 2), "losses": losses}

@@ -1,0 +1,57 @@
+"""Stage 1 task: forward flow-map training of the student on the synthesized shards (recipe §6).
+Resumable: its checkpoints live in the stage's `.partial` directory until the stage completes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from anyflow.stage1 import FlowMapLossSpec, train_stage1
+from anyflow.training import LoopSpec
+from anyflow.wan import load_teacher
+from conf.schema import PipelineConfig
+from tasks.artifacts import StageHandle, stage_key
+from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+
+
+def stage1_params(cfg: PipelineConfig) -> dict:
+    return cfg.stage1.model_dump(mode="json")
+
+
+def stage1_key(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle) -> str:
+    return stage_key("stage1", {**stage1_params(cfg), "negative_prompt": cfg.teacher.negative_prompt},
+                     (teacher.key, data.key))
+
+
+def loss_spec(cfg: PipelineConfig) -> FlowMapLossSpec:
+    s = cfg.stage1
+    return FlowMapLossSpec(diffusion_ratio=s.diffusion_ratio, consistency_ratio=s.consistency_ratio,
+                           fused_guidance_scale=s.fused_guidance_scale, fd_delta=s.fd_delta,
+                           adaptive_c=s.adaptive_c, shift=s.shift, text_dropout=s.text_dropout)
+
+
+def loop_spec(cfg: PipelineConfig) -> LoopSpec:
+    s = cfg.stage1
+    return LoopSpec(num_steps=s.num_steps, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay,
+                    warmup_steps=s.warmup_steps, grad_clip=s.grad_clip, ema_decay=s.ema_decay,
+                    ema_start_step=s.ema_start_step, checkpoint_every=s.checkpoint_every, seed=s.seed, name="stage1")
+
+
+def run_stage1(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, parent_run_id: str | None = None,
+               progress: bool = True) -> StageHandle:
+    def build(out: Path, ctx: StageContext) -> dict:
+        model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+        _, summary = train_stage1(model, data.path, out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
+                                  loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
+                                  gate_value=cfg.stage1.gate_value, log=ctx.log, progress=progress)
+        losses = summary.pop("losses")
+        return {**summary, "lora": "lora.safetensors", "initial_loss": sum(losses[:20]) / max(len(losses[:20]), 1)}
+
+    return run_stage(cfg, "stage1", stage1_key(cfg, teacher, data), stage1_params(cfg), parent_run_id, build,
+                     resumable=True)
+
+
+@task(name="stage1", cache_key_fn=prefect_cache_key("stage1", stage1_key), persist_result=True)
+def stage1(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle, data: StageHandle) -> StageHandle:
+    return run_stage1(cfg, teacher, data, parent_run_id)

@@ -1,0 +1,88 @@
+"""Stage-1 loss properties: flow matching at r = t, the central difference against an autograd JVP,
+the adaptive reweighting, and guidance fusion at g = 1."""
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from anyflow.schedule import beta_time_weight, sample_time_pairs
+from anyflow.stage1 import FlowMapLossSpec, adaptive_weights, flowmap_loss
+from anyflow.student import average_velocity, student_from_teacher
+from tinymodels import inputs, tiny_wan
+
+
+def student(dtype=torch.float32):
+    return student_from_teacher(tiny_wan()).to(dtype).eval()
+
+
+def test_r_equals_t_is_flow_matching():
+    model = student()
+    x0, text, _ = inputs()
+    uncond = torch.zeros(1, *text.shape[1:])
+    uncond[:, 0] = 1.0
+    spec = FlowMapLossSpec(diffusion_ratio=1.0, consistency_ratio=0.0, fused_guidance_scale=1.0, text_dropout=0.0)
+    loss, parts = flowmap_loss(model, x0, text, uncond, spec, torch.Generator().manual_seed(0))
+    # replay the same draws: (t, r), then ε, then the dropout coin
+    g = torch.Generator().manual_seed(0)
+    pairs = sample_time_pairs(2, 1.0, 0.0, spec.shift, g)
+    eps = torch.randn(x0.shape, generator=g)
+    t = pairs.t
+    z = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+    with torch.no_grad():
+        fm = ((average_velocity(model, z, t, t, text) - (eps - x0)) ** 2).flatten(1).mean(1)
+    assert torch.equal(pairs.r, pairs.t)
+    assert torch.allclose(loss, (beta_time_weight(t, spec.shift) * fm).mean(), rtol=1e-5)
+    assert abs(parts["loss_diffusion"] - fm.mean().item()) < 1e-5
+
+
+def test_central_difference_matches_the_autograd_jvp():
+    model = student(torch.float64)
+    x0, text, _ = inputs()
+    x0, text = x0.double(), text.double()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    t, r = torch.tensor([0.7, 0.55], dtype=torch.float64), torch.tensor([0.2, 0.0], dtype=torch.float64)
+    z = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+    v = eps - x0
+    f = lambda zz, tt: average_velocity(model, zz, tt, r, text)
+    with torch.no_grad():
+        with sdpa_kernel(SDPBackend.MATH):                                # the math kernel has forward AD
+            _, jvp = torch.func.jvp(f, (z, t), (v, torch.ones_like(t)))  # d/dt u along (v, 1, 0)
+        err = {}
+        for delta in (3e-4, 1e-4):
+            fd = (f(z + delta * v, t + delta) - f(z - delta * v, t - delta)) / (2 * delta)
+            err[delta] = ((fd - jvp).abs().max() / jvp.abs().max()).item()
+    assert jvp.abs().max() > 1e-3                                       # a non-trivial derivative
+    assert err[1e-4] < 1e-2                                             # matches the JVP ...
+    assert 6 < err[3e-4] / err[1e-4] < 12                               # ... with the central difference's O(δ²) error
+
+
+def test_adaptive_weights_give_non_diffusion_samples_the_diffusion_mean():
+    losses = torch.tensor([0.2, 0.4, 5.0, 0.01])
+    is_diff = torch.tensor([True, True, False, False])
+    s = adaptive_weights(losses, is_diff, c=1e-5)
+    assert torch.equal(s[:2], torch.ones(2))
+    assert torch.allclose(losses[2:] * s[2:], torch.full((2,), 0.3), rtol=1e-3)      # D = mean(0.2, 0.4)
+    gathered = adaptive_weights(losses, is_diff, 1e-5, gather=lambda x: torch.cat([x, x.new_tensor([1.0, 1.0])
+                                if x.dtype != torch.bool else x.new_tensor([True, True])]))
+    assert torch.allclose(losses[2:] * gathered[2:], torch.full((2,), 0.65), rtol=1e-3)  # D over all processes
+    loss = torch.tensor([0.5, 2.0], requires_grad=True)
+    s = adaptive_weights(loss, torch.tensor([True, False]), 1e-5)
+    assert not s.requires_grad                                                         # stop-grad constant
+
+
+def test_fusion_at_g_1_is_the_conditional_prediction_and_gradients_flow_to_lora_only():
+    from anyflow.lora import LoraSpec, attach_lora
+
+    model = student()
+    params = attach_lora(model, LoraSpec(rank=2, alpha=2.0))
+    x0, text, _ = inputs()
+    uncond = torch.zeros(1, *text.shape[1:])
+    uncond[:, 0] = 1.0
+    base = dict(text_dropout=0.0, diffusion_ratio=0.5, consistency_ratio=0.0)
+    l1, _ = flowmap_loss(model, x0, text, uncond, FlowMapLossSpec(fused_guidance_scale=1.0, **base),
+                         torch.Generator().manual_seed(1))
+    l3, _ = flowmap_loss(model, x0, text, uncond, FlowMapLossSpec(fused_guidance_scale=3.0, **base),
+                         torch.Generator().manual_seed(1))
+    assert torch.isfinite(l1) and not torch.allclose(l1, l3)
+    l3.backward()
+    assert all(p.grad is not None for p in params if ".lora_B." in [n for n, q in model.named_parameters() if q is p][0])
+    assert all(p.grad is None for n, p in model.named_parameters() if ".lora_" not in n)

@@ -50,6 +50,10 @@ class ShardInfo:
     last_key: str
 
 
+def _all(urls):
+    return urls
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -171,7 +175,10 @@ class ShardReader:
     def _shard_samples(self, info: ShardInfo) -> Iterator[dict]:
         file = self.dir / info.shard
         try:
-            for s in wds.WebDataset(str(file), shardshuffle=False, empty_check=False).decode():
+            # every process reads whole shards and takes its own slice of each global batch, so webdataset's
+            # node/worker splitting is turned off (it refuses to guess under torch.distributed)
+            for s in wds.WebDataset(str(file), shardshuffle=False, empty_check=False, nodesplitter=_all,
+                                    workersplitter=_all).decode():
                 yield s
         except Exception as e:  # tarfile / numpy / json errors from a corrupt member
             raise ShardError(f"{file}: corrupt shard ({type(e).__name__}: {e})") from None

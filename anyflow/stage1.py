@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
 from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
@@ -117,8 +118,15 @@ def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: Lo
                  progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Stage 1 end to end: student from the teacher, LoRA, flow-map loss on the synthesized shards, the shared
     loop (resumable from `out_dir/checkpoints`). Writes `out_dir/lora.safetensors` (EMA weights); returns
-    (student with EMA LoRA weights, summary)."""
+    (student with EMA LoRA weights, summary).
+
+    Under `torchrun`/`accelerate launch` with P processes each process takes its slice of a global batch of
+    P·batch_size samples (the same samples one process would see with that batch), gradients are averaged
+    by DDP and the adaptive weight's r = t mean is gathered across processes. No random choice changes the
+    number of forward passes in stage 1 (the split sizes are fixed), so nothing needs broadcasting."""
     out_dir = Path(out_dir)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
     student = student_from_teacher(teacher.transformer, gate_value)
     params = attach_lora(student, lora)
     reader = ShardReader(data_dir)
@@ -127,10 +135,17 @@ def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: Lo
                          f"{teacher.max_sequence_length}")
     uncond = teacher.uncond_embedding()
 
-    def step(batch, generator):
-        return flowmap_loss(student, batch.latents, batch.prompt_embeds, uncond, loss, generator)
+    def gather(x: torch.Tensor) -> torch.Tensor:
+        return accelerator.gather(x.to(torch.float32)).to(x.dtype) if world > 1 else x
 
-    summary = train(student, params, step, lambda pos: reader.batches(batch_size, seed=loop.seed, start=pos),
-                    loop, out_dir / "checkpoints", log=log, progress=progress)
-    save_lora(student, out_dir / "lora.safetensors", lora)
-    return student, summary
+    def step(model, batch, generator):
+        rows = slice(rank * batch_size, (rank + 1) * batch_size)
+        return flowmap_loss(model, batch.latents[rows], batch.prompt_embeds[rows], uncond, loss, generator, gather)
+
+    summary = train(student, params, step,
+                    lambda pos: reader.batches(batch_size * world, seed=loop.seed, start=pos),
+                    loop, out_dir / "checkpoints", log=log, progress=progress, accelerator=accelerator)
+    if accelerator.is_main_process:
+        save_lora(student, out_dir / "lora.safetensors", lora)
+    accelerator.wait_for_everyone()
+    return student, {**summary, "num_processes": world}

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 from anyflow.checkpoint import load_tensors, save_tensors
 
 LogFn = Callable[[Mapping[str, float], int], None]
-# step(batch, generator) -> (loss to backpropagate, metrics to log)
-StepFn = Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+# step(model, batch, generator) -> (loss to backpropagate, metrics to log); `model` is the prepared
+# (possibly DistributedDataParallel-wrapped) module, which must be the one called for gradients to sync
+StepFn = Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 # batches(start_position) -> iterator of batches, each with a `.position` (samples consumed after it)
 BatchSource = Callable[[int], Iterator[Any]]
 
@@ -109,8 +110,9 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], step_fn: Ste
     losses, t0, samples = [], time.time(), 0
     for step in bar:
         batch = next(data)
-        loss, metrics = step_fn(batch, generator)
-        value = float(loss.detach())
+        loss, metrics = step_fn(model, batch, generator)
+        value = float(accelerator.reduce(loss.detach(), reduction="mean")) if accelerator.num_processes > 1 \
+            else float(loss.detach())
         if not math.isfinite(value):     # before backward: a NaN must not reach the weights or the EMA
             raise FloatingPointError(f"{spec.name} loss became {value} at step {step}")
         accelerator.backward(loss)
@@ -121,7 +123,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], step_fn: Ste
         ema.step(params)
         position = batch.position
         losses.append(value)
-        samples += len(getattr(batch, "prompts", [])) or 1
+        samples += (len(getattr(batch, "prompts", [])) or 1) * accelerator.num_processes
         if accelerator.is_main_process:
             log({f"{spec.name}/loss": value, f"{spec.name}/grad_norm": float(grad_norm),
                  f"{spec.name}/lr": sched.get_last_lr()[0], f"{spec.name}/ema_decay": ema.cur_decay_value or 0.0,

@@ -73,6 +73,7 @@ class Stage1Config(Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(200, ge=1)
+    num_processes: int = Field(1, ge=1)                 # > 1: torchrun with that many processes (gloo on CPU)
     seed: int = 0
 
     @model_validator(mode="after")

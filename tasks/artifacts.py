@@ -1,12 +1,13 @@
 """Content-addressed stage directories (DESIGN §5): <artifacts>/<stage>/<key>/ with a manifest written last.
 
-key = sha256(stage config, upstream keys, anyflow code version). A directory without its manifest is
+key = sha256(stage config, upstream keys, version of the anyflow code the stage depends on). A directory without its manifest is
 incomplete and never trusted; builds happen in a `.<key>.partial` sibling that is renamed into place, and a
 resumable stage picks up what a killed attempt left there.
 """
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
@@ -35,11 +36,48 @@ class StageHandle:
     summary: dict[str, Any]
 
 
-def code_version() -> str:
-    """sha256 over the anyflow package's source files: any library change invalidates cached stages."""
-    h = hashlib.sha256()
+# The anyflow modules each stage's result depends on (their anyflow imports are followed transitively), so
+# editing, say, the evaluation code does not invalidate a trained teacher. Unknown stages hash everything.
+STAGE_MODULES: dict[str, tuple[str, ...]] = {
+    "teacher": ("toybuild", "wan"),
+    "synthesis": ("synthesis", "prompts", "wan"),
+    "stage1": ("stage1",),
+    "export": ("export", "lora", "media", "student"),
+    "evaluate": ("evaluation", "toybench", "vbench", "export"),
+}
+
+
+def _anyflow_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "anyflow":
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                names.add(parts[1])
+            else:
+                names.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("anyflow."))
+    return names
+
+
+def code_version(stage: str | None = None) -> str:
+    """sha256 over the anyflow sources a stage depends on (all of anyflow if `stage` is None or unknown)."""
     root = Path(anyflow.__file__).parent
-    for path in sorted(root.rglob("*.py")):
+    files = {p.stem: p for p in root.glob("*.py")}
+    if stage in STAGE_MODULES:
+        todo, seen = list(STAGE_MODULES[stage]) + ["__init__"], set()
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in files:
+                continue
+            seen.add(name)
+            todo.extend(_anyflow_imports(files[name]))
+        paths = sorted(files[n] for n in seen)
+    else:
+        paths = sorted(root.rglob("*.py"))
+    h = hashlib.sha256()
+    for path in paths:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -56,7 +94,7 @@ def folder_fingerprint(folder: Path) -> str:
 
 def stage_key(stage: str, config: Any, upstream: tuple[str, ...] = ()) -> str:
     """Cache key of a stage: its config, its upstream keys and the anyflow code version."""
-    payload = {"stage": stage, "config": config, "upstream": list(upstream), "code": code_version()}
+    payload = {"stage": stage, "config": config, "upstream": list(upstream), "code": code_version(stage)}
     return config_hash(payload)[:16]
 
 
@@ -118,7 +156,7 @@ def build_stage(root: Path, stage: str, key: str, build: Callable[[Path], dict[s
             raise
         summary = {**summary, "seconds": round(time.time() - start, 1), "resumed": resumed}
         write_json_atomic(work / MANIFEST,
-                          {"stage": stage, "key": key, "code_version": code_version(), "summary": summary})
+                          {"stage": stage, "key": key, "code_version": code_version(stage), "summary": summary})
         os.replace(work, final)
     return StageHandle(stage, key, str(final), {**summary, "cache_hit": False})
 

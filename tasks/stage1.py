@@ -3,6 +3,10 @@ Resumable: its checkpoints live in the stage's `.partial` directory until the st
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from prefect import task
@@ -16,7 +20,10 @@ from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 
 
 def stage1_params(cfg: PipelineConfig) -> dict:
-    return cfg.stage1.model_dump(mode="json")
+    params = cfg.stage1.model_dump(mode="json")
+    if params["num_processes"] == 1:      # the single-process default keeps the keys it always had
+        del params["num_processes"]
+    return params
 
 
 def stage1_key(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle) -> str:
@@ -41,15 +48,36 @@ def loop_spec(cfg: PipelineConfig) -> LoopSpec:
 def run_stage1(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, parent_run_id: str | None = None,
                progress: bool = True) -> StageHandle:
     def build(out: Path, ctx: StageContext) -> dict:
-        model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
-        _, summary = train_stage1(model, data.path, out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
-                                  loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
-                                  gate_value=cfg.stage1.gate_value, log=ctx.log, progress=progress)
+        if cfg.stage1.num_processes > 1:
+            summary = _launch(cfg, teacher, data, out, ctx)
+        else:
+            model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+            _, summary = train_stage1(model, data.path, out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
+                                      loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
+                                      gate_value=cfg.stage1.gate_value, log=ctx.log, progress=progress)
         losses = summary.pop("losses")
         return {**summary, "lora": "lora.safetensors", "initial_loss": sum(losses[:20]) / max(len(losses[:20]), 1)}
 
     return run_stage(cfg, "stage1", stage1_key(cfg, teacher, data), stage1_params(cfg), parent_run_id, build,
                      resumable=True)
+
+
+def _launch(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, out: Path, ctx: StageContext) -> dict:
+    """Run stage 1 in `num_processes` processes (torchrun; gloo on CPU, NCCL on GPUs), then log rank 0's metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    job = out / "job.json"
+    job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "teacher": teacher.path, "data": data.path,
+                               "out": str(out)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.stage1.num_processes}",
+           "-m", "tasks.stage1_worker", str(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"multi-process stage 1 failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                           f"{proc.stderr[-4000:]}")
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        m = json.loads(line)
+        ctx.log({k: v for k, v in m.items() if k != "step"}, m["step"])
+    return json.loads((out / "summary.json").read_text())
 
 
 @task(name="stage1", cache_key_fn=prefect_cache_key("stage1", stage1_key), persist_result=True)

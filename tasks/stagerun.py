@@ -43,7 +43,7 @@ def run_stage(cfg: PipelineConfig, stage: str, key: str, params: Mapping[str, An
     """Open the stage's child run, build (or re-use) its artifact, tag the run, return the handle."""
     tracker = Tracker(cfg)
     run_id = tracker.start_run(stage, parent_id=parent_run_id,
-                               tags={"stage": stage, "stage_key": key, "code_version": code_version()})
+                               tags={"stage": stage, "stage_key": key, "code_version": code_version(stage)})
     tracker.log_params(run_id, flatten(params))
     ctx = StageContext(tracker, run_id, MetricLogger(tracker, run_id))
     try:
@@ -70,7 +70,7 @@ def record_cached(cfg: PipelineConfig, handle: StageHandle, params: Mapping[str,
     """A child run for a stage Prefect served from its cache (its body, and so its own run, did not execute)."""
     tracker = Tracker(cfg)
     run_id = tracker.start_run(handle.stage, parent_id=parent_run_id, tags={
-        "stage": handle.stage, "stage_key": handle.key, "code_version": code_version(), "cache_hit": "true",
+        "stage": handle.stage, "stage_key": handle.key, "code_version": code_version(handle.stage), "cache_hit": "true",
         "artifact_dir": handle.path, "source_run_id": handle.summary.get("mlflow_run_id", "")})
     tracker.log_params(run_id, flatten(params))
     tracker.end_run(run_id)

@@ -51,3 +51,31 @@ def test_key_depends_on_config_and_upstream():
     assert base != stage_key("stage1", {"lr": 2e-4}, ("a",))
     assert base != stage_key("stage1", {"lr": 1e-4}, ("b",))
     assert base != stage_key("stage2", {"lr": 1e-4}, ("a",))
+
+
+def test_code_version_follows_each_stage_own_modules():
+    from tasks.artifacts import STAGE_MODULES, _anyflow_imports, code_version
+    from pathlib import Path
+    import anyflow
+
+    root = Path(anyflow.__file__).parent
+    assert "toyworld" in _anyflow_imports(root / "toybuild.py")          # followed transitively
+    assert code_version("teacher") != code_version("evaluate") != code_version()
+    assert set(STAGE_MODULES) >= {"teacher", "synthesis", "stage1", "export", "evaluate"}
+
+
+def test_teacher_code_version_ignores_evaluation_code(tmp_path, monkeypatch):
+    import anyflow
+    from pathlib import Path
+    import shutil
+
+    from tasks import artifacts
+
+    fake = tmp_path / "anyflow"
+    shutil.copytree(Path(anyflow.__file__).parent, fake, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(anyflow, "__file__", str(fake / "__init__.py"))
+    teacher, evaluate = artifacts.code_version("teacher"), artifacts.code_version("evaluate")
+    (fake / "toybench.py").write_text((fake / "toybench.py").read_text() + "\n# edit\n")
+    assert artifacts.code_version("teacher") == teacher and artifacts.code_version("evaluate") != evaluate
+    (fake / "toyworld.py").write_text((fake / "toyworld.py").read_text() + "\n# edit\n")
+    assert artifacts.code_version("teacher") != teacher

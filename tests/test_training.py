@@ -33,11 +33,11 @@ def run(shards, ckpt, crash_at=None, steps=6):
     uncond[:, 0] = 1
     spec = FlowMapLossSpec(text_dropout=0.5)
 
-    def step(batch, gen):
+    def step(model, batch, gen):
         if crash_at is not None and step.calls == crash_at:
             raise RuntimeError("killed")
         step.calls += 1
-        return flowmap_loss(student, batch.latents, batch.prompt_embeds, uncond, spec, gen)
+        return flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, spec, gen)
     step.calls = 0
 
     loop = LoopSpec(num_steps=steps, lr=1e-2, warmup_steps=2, ema_decay=0.9, ema_start_step=1, checkpoint_every=2,

@@ -1,0 +1,52 @@
+"""Stage 1 under torchrun with 2 CPU processes (gloo): same global batch as 1 process, synchronised
+weights, and the same loss statistics."""
+
+import json
+
+import numpy as np
+import pytest
+
+import conf
+from anyflow.shards import ShardWriter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mp") / "data"
+    w = ShardWriter(out, 8)
+    for lo in range(0, 32, 8):
+        w.write_shard([{"key": f"{i:08d}",
+                        "latents": np.random.default_rng(i).standard_normal((2, 16, 4, 4)).astype(np.float32),
+                        "prompt_embeds": np.random.default_rng(100 + i).standard_normal((4, 32)).astype(np.float32),
+                        "prompt": f"p{i}", "meta": {}} for i in range(lo, lo + 8)])
+    w.write_manifest({"max_sequence_length": 512})
+    return out
+
+
+def test_two_processes_match_one(random_wan_folder, data, tmp_path):
+    from types import SimpleNamespace
+
+    from anyflow.stage1 import train_stage1
+    from anyflow.wan import load_teacher
+    from tasks.stage1 import _launch, loop_spec, loss_spec
+
+    steps = ["stage1.num_steps=16", "stage1.checkpoint_every=8", "stage1.lora.rank=4", "stage1.lora.alpha=4"]
+    two = conf.load("ci", [*steps, "stage1.batch_size=4", "stage1.num_processes=2"])
+    one = conf.load("ci", [*steps, "stage1.batch_size=8"])
+    logged = []
+    ctx = SimpleNamespace(log=lambda m, s: logged.append((s, m)))
+    handle = lambda stage, path: SimpleNamespace(stage=stage, key=stage, path=str(path), summary={})
+    summary2 = _launch(two, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "two", ctx)
+    assert summary2["num_processes"] == 2 and len(set(summary2["weight_checksums"])) == 1   # in sync
+    assert [s for s, _ in logged] == list(range(16)) and (tmp_path / "two" / "lora.safetensors").is_file()
+
+    _, summary1 = train_stage1(load_teacher(random_wan_folder), data, tmp_path / "one", lora=one.stage1.lora,
+                               loss=loss_spec(one), loop=loop_spec(one), batch_size=8,
+                               gate_value=one.stage1.gate_value, progress=False)
+    l1, l2 = np.array(summary1["losses"]), np.array(summary2["losses"])
+    assert summary1["num_processes"] == 1 and len(l1) == len(l2) == 16
+    se = np.sqrt(l1.var() / len(l1) + l2.var() / len(l2))
+    assert abs(l1.mean() - l2.mean()) < 3 * se + 0.05 * l1.mean()          # same loss statistics
+    json.dumps(summary2)

@@ -78,62 +78,105 @@ def _save(accelerator: Accelerator, ckpt_dir: Path, step: int, position: int, em
             shutil.rmtree(old)
 
 
+@dataclass
+class Update:
+    """One optimiser step per iteration (or every `every` iterations) of `params` of `model` by `step`,
+    each on its own batch. Exactly one update of a loop may own the EMA."""
+
+    name: str                          # metric prefix
+    model: torch.nn.Module
+    params: list
+    step: StepFn
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    every: int = 1
+    ema: bool = False
+
+
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], step_fn: StepFn, batches: BatchSource,
           spec: LoopSpec, ckpt_dir: str | Path, log: LogFn = lambda m, s: None, progress: bool = True,
           accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Train `params` of `model` for `spec.num_steps` (resuming from `ckpt_dir` if it holds a checkpoint);
     leave the EMA weights in `model`. Returns a summary."""
-    if not params:
-        raise ValueError("train: no trainable parameters")
+    update = Update(spec.name, model, params, step_fn, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay,
+                    warmup_steps=spec.warmup_steps, grad_clip=spec.grad_clip, ema=True)
+    return train_updates([update], batches, spec, ckpt_dir, log, progress, accelerator)
+
+
+def train_updates(updates: list[Update], batches: BatchSource, spec: LoopSpec, ckpt_dir: str | Path,
+                  log: LogFn = lambda m, s: None, progress: bool = True,
+                  accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """The loop with several alternating updates (stage 2: generator, then critic), each drawing its own
+    batch; the data position in checkpoints counts every batch drawn. The EMA owner's EMA weights are left
+    in its model. Returns a summary (the first update's losses)."""
+    if any(not u.params for u in updates):
+        raise ValueError(f"train: no trainable parameters for {[u.name for u in updates if not u.params]}")
+    owners = [u for u in updates if u.ema]
+    if len(owners) != 1:
+        raise ValueError("train: exactly one update must own the EMA")
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
-    sched = get_constant_schedule_with_warmup(opt, spec.warmup_steps)
-    model, opt, sched = accelerator.prepare(model, opt, sched)
-    ema = EMAModel(params, decay=spec.ema_decay, update_after_step=spec.ema_start_step)
+    opts = [torch.optim.AdamW(u.params, lr=u.lr, betas=u.betas, weight_decay=u.weight_decay) for u in updates]
+    scheds = [get_constant_schedule_with_warmup(o, u.warmup_steps) for o, u in zip(opts, updates)]
+    prepared = accelerator.prepare(*[u.model for u in updates], *opts, *scheds)
+    n = len(updates)
+    models, opts, scheds = list(prepared[:n]), list(prepared[n:2 * n]), list(prepared[2 * n:])
+    owner = owners[0]
+    ema = EMAModel(owner.params, decay=spec.ema_decay, update_after_step=spec.ema_start_step)
     generator = torch.Generator().manual_seed(spec.seed + accelerator.process_index)
     start, position = 0, 0
     resume = _latest(ckpt_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
         shadow, meta = load_tensors(resume / "ema.safetensors")
-        ema.shadow_params = [shadow[f"shadow.{i}"].to(p.device) for i, p in enumerate(params)]
+        ema.shadow_params = [shadow[f"shadow.{i}"].to(p.device) for i, p in enumerate(owner.params)]
         ema.optimization_step = meta["optimization_step"]
         generator.set_state(load_tensors(resume / f"generator-{accelerator.process_index}.safetensors")[0]["state"])
         progress_state = json.loads((resume / "progress.json").read_text())
         start, position = progress_state["step"], progress_state["position"]
     data = batches(position)
-    model.train()
+    for m in models:
+        m.train()
     bar = tqdm(range(start, spec.num_steps), initial=start, total=spec.num_steps, desc=spec.name,
                disable=not (progress and accelerator.is_main_process), mininterval=5)
     losses, t0, samples = [], time.time(), 0
     for step in bar:
-        batch = next(data)
-        loss, metrics = step_fn(model, batch, generator)
-        value = float(accelerator.reduce(loss.detach(), reduction="mean")) if accelerator.num_processes > 1 \
-            else float(loss.detach())
-        if not math.isfinite(value):     # before backward: a NaN must not reach the weights or the EMA
-            raise FloatingPointError(f"{spec.name} loss became {value} at step {step}")
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(params, spec.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema.step(params)
-        position = batch.position
-        losses.append(value)
-        samples += (len(getattr(batch, "prompts", [])) or 1) * accelerator.num_processes
-        if accelerator.is_main_process:
-            log({f"{spec.name}/loss": value, f"{spec.name}/grad_norm": float(grad_norm),
-                 f"{spec.name}/lr": sched.get_last_lr()[0], f"{spec.name}/ema_decay": ema.cur_decay_value or 0.0,
-                 f"{spec.name}/samples_per_s": samples / max(time.time() - t0, 1e-9),
-                 **{f"{spec.name}/{k}": v for k, v in metrics.items() if math.isfinite(v)}}, step)
-        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        for u, model, opt, sched in zip(updates, models, opts, scheds):
+            if step % u.every:
+                continue
+            batch = next(data)
+            loss, metrics = u.step(model, batch, generator)
+            value = float(accelerator.reduce(loss.detach(), reduction="mean")) if accelerator.num_processes > 1 \
+                else float(loss.detach())
+            if not math.isfinite(value):     # before backward: a NaN must not reach the weights or the EMA
+                raise FloatingPointError(f"{u.name} loss became {value} at step {step}")
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(u.params, u.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if u is owner:
+                ema.step(u.params)
+            position = batch.position
+            if u is updates[0]:
+                losses.append(value)
+                samples += (len(getattr(batch, "prompts", [])) or 1) * accelerator.num_processes
+            if accelerator.is_main_process:
+                extra = {f"{u.name}/ema_decay": ema.cur_decay_value or 0.0} if u is owner else {}
+                log({f"{u.name}/loss": value, f"{u.name}/grad_norm": float(grad_norm),
+                     f"{u.name}/lr": sched.get_last_lr()[0], **extra,
+                     f"{u.name}/samples_per_s": samples / max(time.time() - t0, 1e-9),
+                     **{f"{u.name}/{k}": v for k, v in metrics.items() if math.isfinite(v)}}, step)
+            if u is updates[0]:
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if (step + 1) % spec.checkpoint_every == 0 or step + 1 == spec.num_steps:
             _save(accelerator, ckpt_dir, step + 1, position, ema, generator)
     accelerator.wait_for_everyone()
-    ema.copy_to(params)
+    ema.copy_to(owner.params)
     tail = losses[-50:]
     return {"steps": spec.num_steps, "resumed_from": start, "final_loss": sum(tail) / len(tail) if tail else None,
             "samples_per_s": round(samples / max(time.time() - t0, 1e-9), 2), "losses": losses}

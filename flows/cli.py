@@ -66,6 +66,7 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
     from tasks.evaluate import evaluate_key
     from tasks.export import export_key
     from tasks.stage1 import stage1_key
+    from tasks.stage2 import stage2_key
     from tasks.synthesis import synthesis_key
     from tasks.teacher import teacher_key, teacher_location
 
@@ -74,7 +75,8 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
     handles = {"teacher": StageHandle("teacher", teacher_key(cfg), str(folder), {})}
     chain = (("synthesis", lambda h: synthesis_key(cfg, h["teacher"])),
              ("stage1", lambda h: stage1_key(cfg, h["teacher"], h["synthesis"])),
-             ("export", lambda h: export_key(cfg, h["teacher"], h["stage1"])),
+             ("stage2", lambda h: stage2_key(cfg, h["teacher"], h["synthesis"], h["stage1"])),
+             ("export", lambda h: export_key(cfg, h["teacher"], h["stage2"])),
              ("evaluate", lambda h: evaluate_key(cfg, h["teacher"], h["export"])))
     for stage, key_fn in chain:     # keys chain through upstream keys, so the plan needs no artifacts
         key = key_fn(handles)

@@ -1,6 +1,6 @@
 """The AnyFlow pipeline as Prefect flows (DESIGN §1): stages in order, each a cached task.
 
-`pipeline`: teacher → synthesis → stage 1 → export → evaluate (stage 2 and fine-tuning join as they land). `evaluate_model`: score any exported student folder against the teacher's baselines.
+`pipeline`: teacher → synthesis → stage 1 → stage 2 → export → evaluate (fine-tuning joins when it lands). `evaluate_model`: score any exported student folder against the teacher's baselines.
 Parameters are JSON-friendly so deployments and the API can start runs.
 """
 
@@ -20,6 +20,7 @@ from tasks.evaluate import evaluate, evaluate_key, evaluate_params
 from tasks.export import export, export_key, export_params, external_student
 from tasks.pipelinerun import close_pipeline_run, open_pipeline_run, run_summary
 from tasks.stage1 import stage1, stage1_key, stage1_params
+from tasks.stage2 import stage2, stage2_key, stage2_params
 from tasks.stagerun import artifact_complete, for_run, record_cached
 from tasks.synthesis import synthesis, synthesis_key, synthesis_params
 from tasks.teacher import teacher, teacher_key, teacher_params
@@ -77,8 +78,10 @@ def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_js
         t = _stage(teacher, cfg, teacher_key(cfg), teacher_params(cfg), parent, summary)
         data = _stage(synthesis, cfg, synthesis_key(cfg, t), synthesis_params(cfg), parent, summary, teacher=t)
         s1 = _stage(stage1, cfg, stage1_key(cfg, t, data), stage1_params(cfg), parent, summary, teacher=t, data=data)
-        student = _stage(export, cfg, export_key(cfg, t, s1), export_params(cfg), parent, summary, teacher=t,
-                         student=s1)
+        s2 = _stage(stage2, cfg, stage2_key(cfg, t, data, s1), stage2_params(cfg), parent, summary, teacher=t,
+                    data=data, student=s1)
+        student = _stage(export, cfg, export_key(cfg, t, s2), export_params(cfg), parent, summary, teacher=t,
+                         student=s2)
         summary["exported_model"] = str(Path(student.path) / student.summary["model"])
         _evaluate(cfg, parent, summary, t, student)
 

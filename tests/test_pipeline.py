@@ -39,19 +39,19 @@ def children(summary):
 def test_first_run_builds_every_stage(twice):
     _, first, _ = twice
     assert states(first) == {"teacher": "Completed", "synthesis": "Completed", "stage1": "Completed",
-                             "export": "Completed", "evaluate": "Completed"}
+                             "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
     assert not any(info["cache_hit"] for info in first["stages"].values())
     assert Path(first["exported_model"], "model_index.json").is_file()
 
 
 def test_second_run_is_all_cache_hits(twice):
     root, first, second = twice
-    assert set(states(second).values()) == {"Cached"} and len(states(second)) == 5
+    assert set(states(second).values()) == {"Cached"} and len(states(second)) == 6
     assert all(info["cache_hit"] for info in second["stages"].values())
     assert {s: i["path"] for s, i in first["stages"].items()} == {s: i["path"] for s, i in second["stages"].items()}
     assert (root / "summary.json").is_file()
     _, runs = children(second)
-    assert set(runs) == {"teacher", "synthesis", "stage1", "export", "evaluate"}
+    assert set(runs) == {"teacher", "synthesis", "stage1", "stage2", "export", "evaluate"}
     assert all(r.data.tags["cache_hit"] == "true" for r in runs.values())
     assert runs["synthesis"].data.tags["source_run_id"] == first["stages"]["synthesis"]["mlflow_run_id"]
 
@@ -64,8 +64,11 @@ def test_mlflow_parent_and_children(twice):
     assert parent.data.tags["prefect_flow_run_id"] == str(first["prefect_flow_run_id"])
     assert parent.data.params["synthesis.num_samples"] == "32"
     assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert set(runs) == {"teacher", "synthesis", "stage1", "export", "evaluate"}
+    assert set(runs) == {"teacher", "synthesis", "stage1", "stage2", "export", "evaluate"}
     assert all(r.data.tags["cache_hit"] == "false" for r in runs.values())
+    s2 = runs["stage2"]
+    assert {"stage2/dmd_loss", "stage2/flowmap_loss", "stage2/s", "stage2/k", "critic/loss"} <= set(s2.data.metrics)
+    assert {int(m.value) for m in client.get_metric_history(s2.info.run_id, "stage2/s")} <= {2, 4}
     s1 = runs["stage1"]
     assert s1.data.params["fused_guidance_scale"] == "3.0" and s1.data.params["lora.rank"] == "32"
     assert len(client.get_metric_history(s1.info.run_id, "stage1/loss")) == 10
@@ -88,7 +91,7 @@ def test_changed_config_reruns_only_the_affected_stage(twice):
     root, _, _ = twice
     third = run(root, "synthesis.seed=1")
     assert states(third) == {"teacher": "Cached", "synthesis": "Completed", "stage1": "Completed",
-                             "export": "Completed", "evaluate": "Completed"}
+                             "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
 
 
 def test_deleted_artifact_is_rebuilt(twice):
@@ -96,8 +99,8 @@ def test_deleted_artifact_is_rebuilt(twice):
     shutil.rmtree(first["stages"]["export"]["path"])
     again = run(root)
     # the rebuilt export has the same content address, so its evaluation stays valid
-    assert states(again) == {"teacher": "Cached", "synthesis": "Cached", "stage1": "Cached", "export": "Completed",
-                             "evaluate": "Cached"}
+    assert states(again) == {"teacher": "Cached", "synthesis": "Cached", "stage1": "Cached", "stage2": "Cached",
+                             "export": "Completed", "evaluate": "Cached"}
     assert Path(again["exported_model"], "model_index.json").is_file()
 
 

@@ -50,7 +50,7 @@ def run_stage(cfg: PipelineConfig, stage: str, key: str, params: Mapping[str, An
         handle = build_stage(cfg.paths.artifacts, stage, key,
                              lambda out: {**build(out, ctx), "mlflow_run_id": run_id}, resumable=resumable)
         ctx.log.flush()
-        numbers = {f"{stage}/{k}": v for k, v in handle.summary.items()
+        numbers = {f"{stage}/final/{k}": v for k, v in handle.summary.items()   # not the per-step curves
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         ctx.log(numbers, 0)
         ctx.log.flush()

@@ -75,7 +75,7 @@ def test_mlflow_parent_and_children(twice):
     assert {"stage1/loss_diffusion", "stage1/grad_norm", "stage1/lr", "stage1/samples_per_s",
             "stage1/ema_decay"} <= set(s1.data.metrics)
     syn = runs["synthesis"]
-    assert syn.data.params["num_inference_steps"] == "4" and syn.data.metrics["synthesis/num_samples"] == 32
+    assert syn.data.params["num_inference_steps"] == "4" and syn.data.metrics["synthesis/final/num_samples"] == 32
     assert len(client.get_metric_history(runs["teacher"].info.run_id, "teacher/loss")) >= 3
     assert "manifest.parquet" in {a.path for a in client.list_artifacts(syn.info.run_id)}
     assert "preview.png" in {a.path for a in client.list_artifacts(runs["export"].info.run_id)}

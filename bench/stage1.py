@@ -14,13 +14,11 @@ import time
 
 import torch
 
-import conf
-from anyflow.lora import attach_lora
 from anyflow.schedule import beta_time_weight
 from anyflow.stage1 import flowmap_loss
-from anyflow.student import average_velocity, student_from_teacher
-from anyflow.teacher import build_transformer
+from anyflow.student import average_velocity
 from tasks.stage1 import loss_spec
+from toymodels import toy_models
 
 
 def main() -> None:
@@ -29,21 +27,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args()
-    torch.set_num_threads(2)
-    cfg = conf.load(args.preset)
-    toy = cfg.teacher.toy
-    teacher = build_transformer(toy.arch, toy.vae_z_dim, toy.text.d_model, seed=0)
-    student = student_from_teacher(teacher, cfg.stage1.gate_value)
-    params = attach_lora(student, cfg.stage1.lora)
+    m = toy_models(args.preset, args.batch)
+    cfg, student, params, text, uncond = m.cfg, m.student, m.params, m.text, m.uncond
     opt = torch.optim.AdamW(params, lr=1e-5)
-    w = toy.world
-    lat = (toy.vae_z_dim, (w.num_frames - 1) // 2 + 1, w.height // 4, w.width // 4)
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(args.batch, *lat, generator=g)
-    text = torch.zeros(args.batch, 512, toy.text.d_model)
-    text[:, :12] = torch.randn(args.batch, 12, toy.text.d_model, generator=g)
-    uncond = torch.zeros(1, 512, toy.text.d_model)
-    uncond[:, 0] = 1.0
+    x0 = torch.randn(m.latent_shape, generator=g)
     spec = loss_spec(cfg)
 
     def fm_step():

@@ -15,11 +15,10 @@ import time
 
 import torch
 
-import conf
-from anyflow.lora import attach_lora
 from anyflow.stage2 import backward_simulation, dmd_gradient, dmd_loss
-from anyflow.student import average_velocity, student_from_teacher
-from anyflow.teacher import build_transformer, teacher_velocity
+from anyflow.student import average_velocity
+from anyflow.teacher import teacher_velocity
+from toymodels import toy_models
 
 
 def main() -> None:
@@ -28,19 +27,10 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=6)
     p.add_argument("--batch", type=int, default=8)
     args = p.parse_args()
-    torch.set_num_threads(2)
-    cfg = conf.load(args.preset)
-    toy = cfg.teacher.toy
-    teacher = build_transformer(toy.arch, toy.vae_z_dim, toy.text.d_model, seed=0).eval().requires_grad_(False)
-    student = student_from_teacher(teacher, cfg.stage1.gate_value)
-    params = attach_lora(student, cfg.stage1.lora)
+    m = toy_models(args.preset, args.batch)
+    cfg, teacher, student, params, text, uncond, shape = (m.cfg, m.teacher, m.student, m.params, m.text, m.uncond,
+                                                          m.latent_shape)
     critic = copy.deepcopy(teacher)
-    w = toy.world
-    shape = (args.batch, toy.vae_z_dim, (w.num_frames - 1) // 2 + 1, w.height // 4, w.width // 4)
-    text = torch.zeros(args.batch, 512, toy.text.d_model)
-    text[:, :12] = torch.randn(args.batch, 12, toy.text.d_model)
-    uncond = torch.zeros(1, 512, toy.text.d_model)
-    uncond[:, 0] = 1
     rows = []
     for s in (4, 16, 50):
         g = torch.Generator().manual_seed(0)

@@ -6,7 +6,6 @@ Parameters are JSON-friendly so deployments and the API can start runs.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 import conf
-from tasks.artifacts import StageHandle
+from tasks.artifacts import StageHandle, write_json_atomic
 from tasks.evaluate import evaluate, evaluate_key, evaluate_params
 from tasks.export import export, export_key, export_params, external_student
 from tasks.pipelinerun import close_pipeline_run, open_pipeline_run, run_summary
@@ -71,6 +70,11 @@ def _tracked(preset: str, overrides: list[str] | None, summary_json: str | None,
     return summary
 
 
+def _write(summary: dict, path: str | None) -> None:
+    if path:
+        write_json_atomic(path, summary)
+
+
 @flow(name="anyflow-pipeline", log_prints=True)
 def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_json: str | None = None) -> dict[str, Any]:
     """Run the pipeline for `preset` with dotted `overrides`; return (and optionally write) the run summary."""
@@ -103,7 +107,4 @@ def evaluate_model(model: str, preset: str = "toy", overrides: list[str] | None 
 
 def _write(summary: dict, path: str | None) -> None:
     if path:
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        tmp.replace(path)
+        write_json_atomic(path, summary)

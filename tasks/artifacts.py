@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyflow
+from anyflow.checkpoint import atomic_path
 from conf import config_hash
 
 MANIFEST = "manifest.json"
@@ -161,7 +162,7 @@ def build_stage(root: Path, stage: str, key: str, build: Callable[[Path], dict[s
     return StageHandle(stage, key, str(final), {**summary, "cache_hit": False})
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """JSON written to a temporary sibling and renamed into place (anyflow.checkpoint.atomic_path)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))

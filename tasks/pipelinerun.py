@@ -4,8 +4,6 @@ run summary that other systems chain on."""
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import conf
@@ -20,19 +18,13 @@ def open_pipeline_run(cfg: PipelineConfig, preset: str, overrides: list[str], fl
         "pipeline": cfg.name, "preset": preset, "config_hash": conf.config_hash(cfg)[:16],
         "code_version": code_version(), "prefect_flow_run_id": flow_run_id or "", "overrides": " ".join(overrides)})
     tracker.log_params(run_id, flatten(cfg.model_dump(mode="json")))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(conf.to_yaml(cfg))
-        tracker.client.log_artifact(run_id, str(path))
+    tracker.client.log_text(run_id, conf.to_yaml(cfg), "config.yaml")
     return run_id
 
 
 def close_pipeline_run(cfg: PipelineConfig, run_id: str, summary: dict[str, Any], failed: bool = False) -> None:
     tracker = Tracker(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "summary.json"
-        path.write_text(json.dumps(summary, indent=2, default=str))
-        tracker.client.log_artifact(run_id, str(path))
+    tracker.client.log_text(run_id, json.dumps(summary, indent=2, default=str), "summary.json")
     hits = [s["cache_hit"] for s in summary.get("stages", {}).values()]
     tracker.set_tags(run_id, {"stages_cached": f"{sum(hits)}/{len(hits)}"})
     tracker.end_run(run_id, "FAILED" if failed else "FINISHED")

@@ -13,7 +13,8 @@ The student u_θ(z_t, t, r) learns the average velocity of its own probability-f
 At r = t the derivative term vanishes, U = v, and the loss is flow matching. Deliberate differences from
 the research code: times are fp32 (the reference draws them in bf16, which shrinks the finite-difference
 span by 20% at t ≥ 0.512, recipe P1); the two finite-difference forwards are skipped for r = t samples,
-whose derivative is multiplied by 0 anyway; the r = t / r = 0 / general split is made per process (each
+whose derivative is multiplied by 0 anyway; the unconditional forward is skipped for text-dropped rows, whose
+conditional forward already is it; the r = t / r = 0 / general split is made per process (each
 process holds the same mix, at least one r = t sample), not by global index.
 """
 
@@ -30,6 +31,7 @@ from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
 from anyflow.shards import ShardReader
 from anyflow.student import average_velocity, student_from_teacher
+from anyflow.textpad import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
 
 
@@ -82,17 +84,17 @@ def flowmap_loss(model, x0: torch.Tensor, text: torch.Tensor, uncond: torch.Tens
 
     with torch.no_grad():   # every no-grad forward in one batched call
         nd = ~is_diff
+        # Rows whose text was dropped already see ∅: their u_∅ is the grad forward's own output (detached).
+        keep = ~drop if g != 1 else torch.zeros_like(drop)
         zs, ts, rs, cs = [], [], [], []
-        if g != 1:
-            zs.append(z); ts.append(t); rs.append(r); cs.append(uncond.expand(b, -1, -1).to(text.dtype))
+        if keep.any():
+            zs.append(z[keep]); ts.append(t[keep]); rs.append(r[keep])
+            cs.append(uncond.expand(int(keep.sum()), -1, -1).to(text.dtype))
         if nd.any():
             zn, vn, tn, rn, cn = z[nd], v[nd], t[nd], r[nd], text[nd]
             zs += [zn + delta * vn, zn - delta * vn]; ts += [tn + delta, tn - delta]; rs += [rn, rn]; cs += [cn, cn]
         out = average_velocity(model, torch.cat(zs), torch.cat(ts), torch.cat(rs), torch.cat(cs)) if zs else None
-        k = 0
-        u_uncond = None
-        if g != 1:
-            u_uncond, k = out[:b], b
+        k = int(keep.sum())
         dudt = torch.zeros_like(x0)
         if nd.any():
             m = int(nd.sum())
@@ -100,7 +102,12 @@ def flowmap_loss(model, x0: torch.Tensor, text: torch.Tensor, uncond: torch.Tens
         target = v - _bc(t - r, x0) * dudt
 
     u = average_velocity(model, z, t, r, text)
-    pred = u if g == 1 else (u - (1 - g) * u_uncond) / g
+    if g == 1:
+        pred = u
+    else:
+        u_uncond = u.detach().clone()
+        u_uncond[keep] = out[:k]
+        pred = (u - (1 - g) * u_uncond) / g
     per_sample = ((pred.float() - target.float()) ** 2).flatten(1).mean(dim=1)
     weighted = beta_time_weight(t, spec.shift).float() * per_sample
     scale = adaptive_weights(weighted, is_diff, spec.adaptive_c, gather)
@@ -115,7 +122,7 @@ def flowmap_loss(model, x0: torch.Tensor, text: torch.Tensor, uncond: torch.Tens
 
 def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: LoraSpec, loss: FlowMapLossSpec,
                  loop: LoopSpec, batch_size: int, gate_value: float, log: LogFn = lambda m, s: None,
-                 progress: bool = True) -> tuple[torch.nn.Module, dict]:
+                 progress: bool = True, gradient_checkpointing: bool = False) -> tuple[torch.nn.Module, dict]:
     """Stage 1 end to end: student from the teacher, LoRA, flow-map loss on the synthesized shards, the shared
     loop (resumable from `out_dir/checkpoints`). Writes `out_dir/lora.safetensors` (EMA weights); returns
     (student with EMA LoRA weights, summary).
@@ -129,6 +136,8 @@ def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: Lo
     rank, world = accelerator.process_index, accelerator.num_processes
     student = student_from_teacher(teacher.transformer, gate_value)
     params = attach_lora(student, lora)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(student)
     reader = ShardReader(data_dir)
     if reader.max_sequence_length != teacher.max_sequence_length:
         raise ValueError(f"{data_dir}: shards padded to {reader.max_sequence_length} tokens, teacher uses "

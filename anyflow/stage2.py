@@ -36,6 +36,7 @@ from anyflow.shards import ShardReader
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import average_velocity, student_from_teacher
 from anyflow.teacher import teacher_velocity
+from anyflow.textpad import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, Update, train_updates
 from anyflow.wan import Teacher
 
@@ -130,7 +131,8 @@ def _shared_budget(budgets: tuple[int, ...], generator: torch.Generator) -> tupl
 def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Path, out_dir: str | Path, *,
                  critic_lora: LoraSpec, loss: FlowMapLossSpec, spec: Stage2Spec, loop: LoopSpec, generator_lr: float,
                  critic_lr: float, betas: tuple[float, float], batch_size: int, gate_value: float,
-                 log: LogFn = lambda m, s: None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+                 log: LogFn = lambda m, s: None, progress: bool = True,
+                 gradient_checkpointing: bool = False) -> tuple[torch.nn.Module, dict]:
     """Stage 2 end to end (recipe §7.7): the generator (stage-1 student, its LoRA continued) trained by DMD on
     flow-map backward simulations plus the stage-1 loss on data; the critic (teacher copy + its own LoRA)
     by flow matching on no-grad rollouts; one batch per update. Writes `out_dir/lora.safetensors`."""
@@ -143,6 +145,9 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
         p.requires_grad_(True)
     critic = copy.deepcopy(teacher.transformer)
     critic_params = attach_lora(critic, critic_lora)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+        enable_gradient_checkpointing(critic)
     real = teacher.transformer.eval().requires_grad_(False)
     reader = ShardReader(data_dir)
     uncond = teacher.uncond_embedding()

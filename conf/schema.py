@@ -74,6 +74,7 @@ class Stage1Config(Section):
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(200, ge=1)
     num_processes: int = Field(1, ge=1)                 # > 1: torchrun with that many processes (gloo on CPU)
+    gradient_checkpointing: bool = False                # recompute block activations in backward (memory, not result)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -104,6 +105,7 @@ class Stage2Config(Section):
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start_step: int = Field(200, ge=0)
     checkpoint_every: int = Field(100, ge=1)
+    gradient_checkpointing: bool = False                   # generator and critic; memory, not result
     seed: int = 0
 
     @field_validator("rollout_budgets")

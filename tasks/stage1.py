@@ -19,6 +19,10 @@ from tasks.artifacts import StageHandle, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 
 
+# Settings that change how a stage computes, not what it computes: logged, but not part of the cache key.
+EXECUTION_ONLY = frozenset({"gradient_checkpointing"})
+
+
 def stage1_params(cfg: PipelineConfig) -> dict:
     params = cfg.stage1.model_dump(mode="json")
     if params["num_processes"] == 1:      # the single-process default keeps the keys it always had
@@ -27,7 +31,8 @@ def stage1_params(cfg: PipelineConfig) -> dict:
 
 
 def stage1_key(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle) -> str:
-    return stage_key("stage1", {**stage1_params(cfg), "negative_prompt": cfg.teacher.negative_prompt},
+    params = {k: v for k, v in stage1_params(cfg).items() if k not in EXECUTION_ONLY}
+    return stage_key("stage1", {**params, "negative_prompt": cfg.teacher.negative_prompt},
                      (teacher.key, data.key))
 
 
@@ -54,7 +59,8 @@ def run_stage1(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, par
             model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
             _, summary = train_stage1(model, data.path, out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
                                       loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
-                                      gate_value=cfg.stage1.gate_value, log=ctx.log, progress=progress)
+                                      gate_value=cfg.stage1.gate_value, log=ctx.log, progress=progress,
+                                      gradient_checkpointing=cfg.stage1.gradient_checkpointing)
         losses = summary.pop("losses")
         return {**summary, "lora": "lora.safetensors", "initial_loss": sum(losses[:20]) / max(len(losses[:20]), 1)}
 

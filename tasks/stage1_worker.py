@@ -30,7 +30,8 @@ def main(job_path: str) -> None:
     student, summary = train_stage1(teacher, job["data"], out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
                                     loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
                                     gate_value=cfg.stage1.gate_value,
-                                    log=lambda m, s: metrics.append({"step": s, **m}), progress=False)
+                                    log=lambda m, s: metrics.append({"step": s, **m}), progress=False,
+                                    gradient_checkpointing=cfg.stage1.gradient_checkpointing)
     # every process must end with the same weights (DDP keeps them in sync): record each one's checksum
     checksum = torch.tensor([float(sum(p.double().sum() for p in lora_parameters(student)))], dtype=torch.float64)
     if dist.is_initialized():

@@ -12,7 +12,7 @@ from anyflow.training import LoopSpec
 from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
-from tasks.stage1 import loss_spec
+from tasks.stage1 import EXECUTION_ONLY, loss_spec
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 
 
@@ -21,7 +21,8 @@ def stage2_params(cfg: PipelineConfig) -> dict:
 
 
 def stage2_key(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, student: StageHandle) -> str:
-    return stage_key("stage2", {**stage2_params(cfg), "negative_prompt": cfg.teacher.negative_prompt},
+    params = {k: v for k, v in stage2_params(cfg).items() if k not in EXECUTION_ONLY}
+    return stage_key("stage2", {**params, "negative_prompt": cfg.teacher.negative_prompt},
                      (teacher.key, data.key, student.key))
 
 
@@ -44,7 +45,7 @@ def run_stage2(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, stu
                                   critic_lora=c.critic_lora, loss=loss_spec(cfg), spec=spec, loop=loop,
                                   generator_lr=c.lr, critic_lr=c.critic_lr, betas=tuple(c.betas),
                                   batch_size=c.batch_size, gate_value=cfg.stage1.gate_value, log=ctx.log,
-                                  progress=progress)
+                                  progress=progress, gradient_checkpointing=c.gradient_checkpointing)
         summary.pop("losses")
         return {**summary, "lora": "lora.safetensors"}
 

@@ -86,3 +86,58 @@ def test_fusion_at_g_1_is_the_conditional_prediction_and_gradients_flow_to_lora_
     l3.backward()
     assert all(p.grad is not None for p in params if ".lora_B." in [n for n, q in model.named_parameters() if q is p][0])
     assert all(p.grad is None for n, p in model.named_parameters() if ".lora_" not in n)
+
+
+def test_fused_guidance_reuses_the_conditional_forward_for_text_dropped_rows():
+    model = student()
+    x0, text, _ = inputs()
+    uncond = torch.zeros(1, *text.shape[1:])
+    uncond[:, 0] = 1.0
+    spec = FlowMapLossSpec(diffusion_ratio=1.0, consistency_ratio=0.0, fused_guidance_scale=3.0, text_dropout=0.5)
+    for seed in range(50):   # a seed whose dropout coin drops exactly one of the two rows
+        g = torch.Generator().manual_seed(seed)
+        pairs = sample_time_pairs(2, 1.0, 0.0, spec.shift, g)
+        eps = torch.randn(x0.shape, generator=g)
+        drop = torch.rand(2, generator=g) < spec.text_dropout
+        if drop.sum() == 1:
+            break
+    loss, _ = flowmap_loss(model, x0, text, uncond, spec, torch.Generator().manual_seed(seed))
+    t = pairs.t
+    z = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+    with torch.no_grad():   # the recipe's form: a separate unconditional forward for every row
+        u_c = average_velocity(model, z, t, t, torch.where(drop.view(-1, 1, 1), uncond, text))
+        u_0 = average_velocity(model, z, t, t, uncond.expand(2, -1, -1))
+        per = (((u_c + 2 * u_0) / 3 - (eps - x0)) ** 2).flatten(1).mean(1)
+    assert torch.allclose(loss, (beta_time_weight(t, spec.shift) * per).mean(), rtol=1e-5)
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result_or_the_cache_key():
+    import conf
+    from anyflow.lora import LoraSpec, attach_lora
+    from tasks.artifacts import StageHandle
+    from tasks.stage1 import stage1_key
+    from tasks.stage2 import stage2_key
+    from anyflow.textpad import enable_gradient_checkpointing
+
+    x0, text, _ = inputs()
+    uncond = torch.zeros(1, *text.shape[1:])
+    spec = FlowMapLossSpec(diffusion_ratio=0.5, consistency_ratio=0.0, text_dropout=0.0)
+    grads = []
+    for ckpt in (False, True):
+        model = student()
+        params = attach_lora(model, LoraSpec(rank=2, alpha=2.0))
+        for p in params:
+            torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(7))
+        if ckpt:
+            enable_gradient_checkpointing(model)
+        loss, _ = flowmap_loss(model, x0, text, uncond, spec, torch.Generator().manual_seed(2))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+    h = StageHandle(stage="x", key="k", path="/x", summary={"lora": "lora.safetensors"})
+    on = conf.load("ci", ["stage1.gradient_checkpointing=true", "stage2.gradient_checkpointing=true"])
+    off = conf.load("ci")
+    assert stage1_key(on, h, h) == stage1_key(off, h, h)
+    assert stage2_key(on, h, h, h) == stage2_key(off, h, h, h)
+    assert stage1_key(conf.load("ci", ["stage1.lr=1e-3"]), h, h) != stage1_key(off, h, h)

@@ -131,11 +131,16 @@ def _shared_budget(budgets: tuple[int, ...], generator: torch.Generator) -> tupl
 def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Path, out_dir: str | Path, *,
                  critic_lora: LoraSpec, loss: FlowMapLossSpec, spec: Stage2Spec, loop: LoopSpec, generator_lr: float,
                  critic_lr: float, betas: tuple[float, float], batch_size: int, gate_value: float,
-                 log: LogFn = lambda m, s: None, progress: bool = True,
-                 gradient_checkpointing: bool = False) -> tuple[torch.nn.Module, dict]:
+                 log: LogFn = lambda m, s: None, progress: bool = True, gradient_checkpointing: bool = False,
+                 real_transformer: torch.nn.Module | None = None,
+                 preview: Callable[[int, torch.nn.Module], None] | None = None,
+                 preview_every: int = 0) -> tuple[torch.nn.Module, dict]:
     """Stage 2 end to end (recipe §7.7): the generator (stage-1 student, its LoRA continued) trained by DMD on
     flow-map backward simulations plus the stage-1 loss on data; the critic (teacher copy + its own LoRA)
-    by flow matching on no-grad rollouts; one batch per update. Writes `out_dir/lora.safetensors`."""
+    by flow matching on no-grad rollouts; one batch per update. Writes `out_dir/lora.safetensors`.
+    `real_transformer` (e.g. the stage-0 tuned teacher) replaces the teacher as real score and critic init;
+    the student is always built from the teacher it was trained from in stage 1. `preview(step, student)` runs
+    every `preview_every` steps and at the end, on the generator's current (not EMA) weights."""
     out_dir = Path(out_dir)
     student = student_from_teacher(teacher.transformer, gate_value)
     lora_spec = load_lora(student, student_lora)
@@ -143,12 +148,12 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
     student.requires_grad_(False)
     for p in gen_params:
         p.requires_grad_(True)
-    critic = copy.deepcopy(teacher.transformer)
+    real = (real_transformer if real_transformer is not None else teacher.transformer).eval().requires_grad_(False)
+    critic = copy.deepcopy(real)
     critic_params = attach_lora(critic, critic_lora)
     if gradient_checkpointing:
         enable_gradient_checkpointing(student)
         enable_gradient_checkpointing(critic)
-    real = teacher.transformer.eval().requires_grad_(False)
     reader = ShardReader(data_dir)
     uncond = teacher.uncond_embedding()
     unc = lambda n: uncond.expand(n, -1, -1)
@@ -179,7 +184,15 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
     updates = [Update("stage2", student, gen_params, generator_step, lr=generator_lr, betas=betas,
                       grad_clip=loop.grad_clip, every=spec.generator_every, ema=True),
                Update("critic", critic, critic_params, critic_step, lr=critic_lr, betas=betas, grad_clip=loop.grad_clip)]
+    def after_step(done: int) -> None:
+        if preview is not None and preview_every > 0 and (done % preview_every == 0 or done == loop.num_steps):
+            was_training = student.training
+            student.eval()
+            with torch.no_grad():
+                preview(done, student)
+            student.train(was_training)
+
     summary = train_updates(updates, lambda pos: reader.batches(batch_size, seed=loop.seed, start=pos), loop,
-                            out_dir / "checkpoints", log=log, progress=progress)
+                            out_dir / "checkpoints", log=log, progress=progress, after_step=after_step)
     save_lora(student, out_dir / "lora.safetensors", lora_spec)
     return student, summary

@@ -108,10 +108,12 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], step_fn: Ste
 
 def train_updates(updates: list[Update], batches: BatchSource, spec: LoopSpec, ckpt_dir: str | Path,
                   log: LogFn = lambda m, s: None, progress: bool = True,
-                  accelerator: Accelerator | None = None) -> dict[str, Any]:
+                  accelerator: Accelerator | None = None,
+                  after_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The loop with several alternating updates (stage 2: generator, then critic), each drawing its own
     batch; the data position in checkpoints counts every batch drawn. The EMA owner's EMA weights are left
-    in its model. Returns a summary (the first update's losses)."""
+    in its model. `after_step(steps_done)` runs on the main process after every iteration (previews); it
+    must not touch the loop's generator or the weights. Returns a summary (the first update's losses)."""
     if any(not u.params for u in updates):
         raise ValueError(f"train: no trainable parameters for {[u.name for u in updates if not u.params]}")
     owners = [u for u in updates if u.ema]
@@ -175,6 +177,8 @@ def train_updates(updates: list[Update], batches: BatchSource, spec: LoopSpec, c
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         if (step + 1) % spec.checkpoint_every == 0 or step + 1 == spec.num_steps:
             _save(accelerator, ckpt_dir, step + 1, position, ema, generator)
+        if after_step is not None and accelerator.is_main_process:
+            after_step(step + 1)
     accelerator.wait_for_everyone()
     ema.copy_to(owner.params)
     tail = losses[-50:]

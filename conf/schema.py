@@ -86,6 +86,28 @@ class Stage1Config(Section):
         return self
 
 
+class TeacherTuneConfig(Section):
+    """Optional teacher tuning (the reference's stage 0, recipe §5): LoRA flow matching of the teacher on the
+    synthesized shards; the tuned teacher is stage 2's real score and critic initialisation."""
+
+    enabled: bool = False
+    num_steps: int = Field(500, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    lora: LoraSpec = Field(default_factory=LoraSpec)       # self-attention + FFN, as the reference
+    shift: float = Field(3.0, gt=0)                        # logit-normal times, then this shift
+    text_dropout: float = Field(0.1, ge=0, lt=1)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_start_step: int = Field(100, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
 class Stage2Config(Section):
     """On-policy flow-map distillation: backward simulation + DMD (recipe §7)."""
 
@@ -101,7 +123,9 @@ class Stage2Config(Section):
     dmd_weight: float = Field(1.0, ge=0)
     flowmap_weight: float = Field(1.0, ge=0)               # the stage-1 loss on data, added to the generator loss
     critic_updates_per_generator_update: int = Field(1, ge=1)
-    teacher_tune: bool = False                             # optional reference stage 0 (LoRA FM fine-tune)
+    preview_every: int = Field(50, ge=0)                   # sample sheet per NFE every N steps (0: off)
+    preview_nfes: tuple[int, ...] = (1, 2, 4, 8)
+    preview_prompts: int = Field(4, ge=1)                  # the first N evaluation prompts
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start_step: int = Field(200, ge=0)
     checkpoint_every: int = Field(100, ge=1)
@@ -170,6 +194,7 @@ class PipelineConfig(Section):
     seed: int = 0
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    teacher_tune: TeacherTuneConfig = Field(default_factory=TeacherTuneConfig)
     stage1: Stage1Config = Field(default_factory=Stage1Config)
     stage2: Stage2Config = Field(default_factory=Stage2Config)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

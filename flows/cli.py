@@ -69,13 +69,16 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
     from tasks.stage2 import stage2_key
     from tasks.synthesis import synthesis_key
     from tasks.teacher import teacher_key, teacher_location
+    from tasks.teacher_tune import teacher_tune_key
 
     folder, ready = teacher_location(cfg)
     rows = [("teacher", str(folder), ready)]
     handles = {"teacher": StageHandle("teacher", teacher_key(cfg), str(folder), {})}
+    tune = cfg.teacher_tune.enabled
     chain = (("synthesis", lambda h: synthesis_key(cfg, h["teacher"])),
+             *((("teacher_tune", lambda h: teacher_tune_key(cfg, h["teacher"], h["synthesis"])),) if tune else ()),
              ("stage1", lambda h: stage1_key(cfg, h["teacher"], h["synthesis"])),
-             ("stage2", lambda h: stage2_key(cfg, h["teacher"], h["synthesis"], h["stage1"])),
+             ("stage2", lambda h: stage2_key(cfg, h["teacher"], h["synthesis"], h["stage1"], h.get("teacher_tune"))),
              ("export", lambda h: export_key(cfg, h["teacher"], h["stage2"])),
              ("evaluate", lambda h: evaluate_key(cfg, h["teacher"], h["export"])))
     for stage, key_fn in chain:     # keys chain through upstream keys, so the plan needs no artifacts
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         print(conf.to_yaml(cfg))
         print("stage plan:")
         for stage, path, cached in plan(cfg):
-            print(f"  {stage:10s} {'cached' if cached else 'to run':8s} {path}")
+            print(f"  {stage:12s} {'cached' if cached else 'to run':8s} {path}")
         return 0
     from flows.pipeline import pipeline
 

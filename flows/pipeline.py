@@ -1,6 +1,6 @@
 """The AnyFlow pipeline as Prefect flows (DESIGN §1): stages in order, each a cached task.
 
-`pipeline`: teacher → synthesis → stage 1 → stage 2 → export → evaluate (fine-tuning joins when it lands). `evaluate_model`: score any exported student folder against the teacher's baselines.
+`pipeline`: teacher → synthesis → [teacher_tune] → stage 1 → stage 2 → export → evaluate (fine-tuning joins when it lands). `evaluate_model`: score any exported student folder against the teacher's baselines.
 Parameters are JSON-friendly so deployments and the API can start runs.
 """
 
@@ -23,6 +23,7 @@ from tasks.stage2 import stage2, stage2_key, stage2_params
 from tasks.stagerun import artifact_complete, for_run, record_cached
 from tasks.synthesis import synthesis, synthesis_key, synthesis_params
 from tasks.teacher import teacher, teacher_key, teacher_params
+from tasks.teacher_tune import teacher_tune, teacher_tune_key, teacher_tune_params
 
 
 def _stage(stage_task, cfg, key: str, params: dict, parent: str, summary: dict, **upstream) -> StageHandle:
@@ -81,9 +82,13 @@ def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_js
     def body(cfg, parent, summary):
         t = _stage(teacher, cfg, teacher_key(cfg), teacher_params(cfg), parent, summary)
         data = _stage(synthesis, cfg, synthesis_key(cfg, t), synthesis_params(cfg), parent, summary, teacher=t)
+        tuned = None
+        if cfg.teacher_tune.enabled:
+            tuned = _stage(teacher_tune, cfg, teacher_tune_key(cfg, t, data), teacher_tune_params(cfg), parent,
+                           summary, teacher=t, data=data)
         s1 = _stage(stage1, cfg, stage1_key(cfg, t, data), stage1_params(cfg), parent, summary, teacher=t, data=data)
-        s2 = _stage(stage2, cfg, stage2_key(cfg, t, data, s1), stage2_params(cfg), parent, summary, teacher=t,
-                    data=data, student=s1)
+        s2 = _stage(stage2, cfg, stage2_key(cfg, t, data, s1, tuned), stage2_params(cfg), parent, summary, teacher=t,
+                    data=data, student=s1, tuned=tuned)
         student = _stage(export, cfg, export_key(cfg, t, s2), export_params(cfg), parent, summary, teacher=t,
                          student=s2)
         summary["exported_model"] = str(Path(student.path) / student.summary["model"])
@@ -103,8 +108,3 @@ def evaluate_model(model: str, preset: str = "toy", overrides: list[str] | None 
         _evaluate(cfg, parent, summary, t, student)
 
     return _tracked(preset, overrides, summary_json, body)
-
-
-def _write(summary: dict, path: str | None) -> None:
-    if path:
-        write_json_atomic(path, summary)

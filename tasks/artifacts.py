@@ -42,7 +42,9 @@ class StageHandle:
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "teacher": ("toybuild", "wan"),
     "synthesis": ("synthesis", "prompts", "wan"),
+    "teacher_tune": ("teacher_tune",),
     "stage1": ("stage1",),
+    "stage2": ("stage2",),
     "export": ("export", "lora", "media", "student"),
     "evaluate": ("evaluation", "toybench", "vbench", "export"),
 }

@@ -69,6 +69,10 @@ def test_mlflow_parent_and_children(twice):
     s2 = runs["stage2"]
     assert {"stage2/dmd_loss", "stage2/flowmap_loss", "stage2/s", "stage2/k", "critic/loss"} <= set(s2.data.metrics)
     assert {int(m.value) for m in client.get_metric_history(s2.info.run_id, "stage2/s")} <= {2, 4}
+    assert "budgets.png" in {a.path for a in client.list_artifacts(s2.info.run_id)}
+    assert [a.path for a in client.list_artifacts(s2.info.run_id, "previews")] == [
+        "previews/step_000002.png", "previews/step_000004.png"]
+    assert sum(first["stages"]["stage2"]["budget_counts"].values()) == 4
     s1 = runs["stage1"]
     assert s1.data.params["fused_guidance_scale"] == "3.0" and s1.data.params["lora.rank"] == "32"
     assert len(client.get_metric_history(s1.info.run_id, "stage1/loss")) == 10
@@ -92,6 +96,19 @@ def test_changed_config_reruns_only_the_affected_stage(twice):
     third = run(root, "synthesis.seed=1")
     assert states(third) == {"teacher": "Cached", "synthesis": "Completed", "stage1": "Completed",
                              "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
+
+
+def test_teacher_tuning_feeds_stage2_and_reruns_only_what_follows(twice):
+    root, first, _ = twice
+    tuned = run(root, "teacher_tune.enabled=true", "teacher_tune.num_steps=3", "teacher_tune.batch_size=2")
+    assert states(tuned) == {"teacher": "Cached", "synthesis": "Cached", "teacher_tune": "Completed",
+                             "stage1": "Cached", "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
+    tt = tuned["stages"]["teacher_tune"]
+    assert tt["steps"] == 3 and Path(tt["path"], "lora.safetensors").is_file()
+    assert tuned["stages"]["stage2"]["tuned_teacher"] == tt["key"] != None
+    assert tuned["stages"]["stage2"]["key"] != first["stages"]["stage2"]["key"]
+    client, runs = children(tuned)
+    assert len(client.get_metric_history(runs["teacher_tune"].info.run_id, "teacher_tune/loss")) == 3
 
 
 def test_deleted_artifact_is_rebuilt(twice):

@@ -162,16 +162,32 @@ class EvaluationConfig(Section):
 
 
 class FinetuneConfig(Section):
-    """Optional downstream fine-tuning of the distilled student (forward flow-map loss)."""
+    """Optional downstream fine-tuning of the distilled student (forward flow-map loss; paper Fig. 7-8)."""
 
     enabled: bool = False
-    domain: str = "downstream"         # the toy world's unseen domain, or a shard folder / prompt file
-    num_samples: int = Field(1024, ge=1)
+    domain: str = "downstream"         # the toy world's unseen (bouncing) domain, or a shard folder
+    num_samples: int = Field(1024, ge=1)                # rendered downstream videos (toy domain only)
     num_steps: int = Field(500, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = Field(50, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    replay_fraction: float = Field(0.0, ge=0, lt=1)     # share of each batch drawn from the base-domain shards
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_start_step: int = Field(100, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    nfe_list: tuple[int, ...] = (1, 2, 4, 8)            # downstream evaluation, before and after
+    base_nfe_list: tuple[int, ...] = (4,)               # base-domain check: did fine-tuning forget?
+    num_eval_prompts: int = Field(128, ge=1)
     seed: int = 0
+
+    @field_validator("nfe_list", "base_nfe_list")
+    @classmethod
+    def _nfes(cls, v):
+        if not v or any(n < 1 for n in v):
+            raise ValueError(f"NFE lists must be non-empty positive step counts, got {v}")
+        return v
 
 
 class TrackingConfig(Section):

@@ -12,6 +12,7 @@ prints the resolved config and the stage plan, computing nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -81,6 +82,15 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
              ("stage2", lambda h: stage2_key(cfg, h["teacher"], h["synthesis"], h["stage1"], h.get("teacher_tune"))),
              ("export", lambda h: export_key(cfg, h["teacher"], h["stage2"])),
              ("evaluate", lambda h: evaluate_key(cfg, h["teacher"], h["export"])))
+    if cfg.finetune.enabled:
+        from tasks.finetune import downstream_data_key, external_shards, finetune_eval_key, finetune_key
+        if cfg.finetune.domain == "downstream":
+            chain += (("downstream_data", lambda h: downstream_data_key(cfg, h["teacher"])),)
+        else:
+            handles["downstream_data"] = external_shards(cfg.finetune.domain)
+        chain += (("finetune", lambda h: finetune_key(cfg, h["teacher"], h["stage2"], h["downstream_data"],
+                                                      h["synthesis"])),
+                  ("finetune_eval", lambda h: finetune_eval_key(cfg, h["teacher"], h["export"], h["finetune"])))
     for stage, key_fn in chain:     # keys chain through upstream keys, so the plan needs no artifacts
         key = key_fn(handles)
         handles[stage] = StageHandle(stage, key, "", {})
@@ -117,15 +127,38 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def score_table(rows: list[dict]) -> str:
+    """ToyBench Total by NFE: the student, the teacher's Euler + CFG at the same NFE, and the full-step reference."""
+    nfes = sorted({r["nfe"] for r in rows if r["model"] == "student"})
+    get = {(r["model"], r["nfe"]): r["total"] for r in rows}
+    ref = next((r for r in rows if r["model"] == "reference"), None)
+    cell = lambda m, n: f"{get[(m, n)]:.3f}" if (m, n) in get else "  -  "
+    lines = ["[anyflow] ToyBench Total (higher is better; not comparable to VBench)",
+             "  NFE   student   teacher Euler+CFG"]
+    lines += [f"  {n:>3}   {cell('student', n):>7}   {cell('teacher_euler', n):>7}" for n in nfes]
+    if ref is not None:
+        lines.append(f"  teacher reference ({ref['steps']} steps + CFG, NFE {ref['nfe']}): {ref['total']:.3f} "
+                     f"[{ref['total_ci_lo']:.3f}, {ref['total_ci_hi']:.3f}]")
+    return "\n".join(lines)
+
+
 def _report(summary: dict) -> None:
     for stage, info in summary["stages"].items():
         print(f"[anyflow] {stage:10s} {'cache hit' if info['cache_hit'] else 'built':9s} {info['path']}")
     print(f"[anyflow] student: {summary['exported_model']}")
     if summary.get("evaluation"):
         ev = summary["evaluation"]
-        totals = ", ".join(f"{n}: {t:.3f}" for n, t in ev["student_total"].items())
-        print(f"[anyflow] student ToyBench Total by NFE: {totals}; any-step check "
-              f"{'passed' if ev['anystep_ok'] else 'FAILED'}; plot {ev['plot']}")
+        rows = Path(ev["table"]).with_name("table.json")
+        if rows.is_file():
+            print(score_table(json.loads(rows.read_text())))
+        print(f"[anyflow] any-step check {'passed' if ev['anystep_ok'] else 'FAILED'}; plot {ev['plot']}")
+    if summary.get("finetune"):
+        ft = summary["finetune"]
+        print(f"[anyflow] fine-tuned student: {summary['finetuned_model']}")
+        print(f"[anyflow] downstream (bouncing) score at 4 NFE: {ft['downstream_before']:.3f} before -> "
+              f"{ft['downstream_after']:.3f} after (real renders {ft['real_downstream_score']:.3f}); base-domain "
+              f"4-NFE Total {ft['base_total_before']:.3f} -> {ft['base_total_after']:.3f} "
+              f"({'within noise' if ft['base_within_noise'] else 'SIGNIFICANTLY LOWER'}); plot {ft['plot']}")
     print(f"[anyflow] MLflow: {summary['tracking_uri']} (experiment {summary['experiment']}, "
           f"run {summary['parent_run_id']}); browse with: mlflow ui --backend-store-uri {summary['tracking_uri']}")
 

@@ -1,6 +1,7 @@
 """The AnyFlow pipeline as Prefect flows (DESIGN §1): stages in order, each a cached task.
 
-`pipeline`: teacher → synthesis → [teacher_tune] → stage 1 → stage 2 → export → evaluate (fine-tuning joins when it lands). `evaluate_model`: score any exported student folder against the teacher's baselines.
+`pipeline`: teacher → synthesis → [teacher_tune] → stage 1 → stage 2 → export → evaluate
+→ [downstream_data → finetune → finetune_eval]; bracketed stages run when their config enables them. `evaluate_model`: score any exported student folder against the teacher's baselines.
 Parameters are JSON-friendly so deployments and the API can start runs.
 """
 
@@ -17,6 +18,8 @@ import conf
 from tasks.artifacts import StageHandle, write_json_atomic
 from tasks.evaluate import evaluate, evaluate_key, evaluate_params
 from tasks.export import export, export_key, export_params, external_student
+from tasks.finetune import (downstream_data, downstream_data_key, downstream_data_params, external_shards, finetune,
+                            finetune_eval, finetune_eval_key, finetune_eval_params, finetune_key, finetune_params)
 from tasks.pipelinerun import close_pipeline_run, open_pipeline_run, run_summary
 from tasks.stage1 import stage1, stage1_key, stage1_params
 from tasks.stage2 import stage2, stage2_key, stage2_params
@@ -93,8 +96,27 @@ def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_js
                          student=s2)
         summary["exported_model"] = str(Path(student.path) / student.summary["model"])
         _evaluate(cfg, parent, summary, t, student)
+        if cfg.finetune.enabled:
+            _finetune(cfg, parent, summary, t, data, s2, student)
 
     return _tracked(preset, overrides, summary_json, body)
+
+
+def _finetune(cfg, parent: str, summary: dict, t: StageHandle, base: StageHandle, distilled: StageHandle,
+              exported: StageHandle) -> None:
+    if cfg.finetune.domain == "downstream":
+        data = _stage(downstream_data, cfg, downstream_data_key(cfg, t), downstream_data_params(cfg), parent, summary,
+                      teacher=t)
+    else:
+        data = external_shards(cfg.finetune.domain)
+    ft = _stage(finetune, cfg, finetune_key(cfg, t, distilled, data, base), finetune_params(cfg), parent, summary,
+                teacher=t, student=distilled, data=data, base=base)
+    fe = _stage(finetune_eval, cfg, finetune_eval_key(cfg, t, exported, ft), finetune_eval_params(cfg), parent,
+                summary, teacher=t, before=exported, after=ft)
+    summary["finetuned_model"] = str(Path(ft.path) / ft.summary["model"])
+    summary["finetune"] = {k: fe.summary[k] for k in ("downstream_before", "downstream_after", "base_total_before",
+                                                      "base_total_after", "base_within_noise", "real_downstream_score")}
+    summary["finetune"]["plot"] = str(Path(fe.path) / fe.summary["plot"])
 
 
 @flow(name="anyflow-evaluate", log_prints=True)

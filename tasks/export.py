@@ -31,13 +31,8 @@ def export_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle) 
 def run_export(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle,
                parent_run_id: str | None = None) -> StageHandle:
     def build(out: Path, ctx: StageContext) -> dict:
-        model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
-        trained = student_from_teacher(model.transformer, cfg.stage1.gate_value)
-        load_lora(trained, Path(student.path) / student.summary["lora"])
-        folder = export_student(merge_lora(trained), teacher.path, out / "model", shift=cfg.stage1.shift,
-                                video=teacher_video_size(teacher.path),
-                                provenance={"student": student.stage, "student_key": student.key,
-                                            "teacher_key": teacher.key})
+        folder = export_lora_student(cfg, teacher, Path(student.path) / student.summary["lora"], out / "model",
+                                     {"student": student.stage, "student_key": student.key, "teacher_key": teacher.key})
         prompts = _preview_prompts(cfg)
         exported = load_student(folder)
         rows = {f"{n} NFE": exported.generate(prompts, nfe=n, seed=cfg.seed) for n in PREVIEW_NFES}
@@ -47,6 +42,15 @@ def run_export(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle,
         return {"model": folder.name, "student": student.stage}   # relative: the work dir is renamed
 
     return run_stage(cfg, "export", export_key(cfg, teacher, student), export_params(cfg), parent_run_id, build)
+
+
+def export_lora_student(cfg: PipelineConfig, teacher: StageHandle, lora: Path, folder: Path, provenance: dict) -> Path:
+    """The teacher as a student with `lora` merged in, written as an AnyFlowPipeline folder."""
+    model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+    trained = student_from_teacher(model.transformer, cfg.stage1.gate_value)
+    load_lora(trained, lora)
+    return export_student(merge_lora(trained), teacher.path, folder, shift=cfg.stage1.shift,
+                          video=teacher_video_size(teacher.path), provenance=provenance)
 
 
 def _preview_prompts(cfg: PipelineConfig) -> list[str]:

@@ -17,6 +17,10 @@ def run(root, *overrides, **kw):
     return pipeline(preset="ci", overrides=[f"paths.root={root}", *overrides], **kw)
 
 
+STAGES = ("teacher", "synthesis", "stage1", "stage2", "export", "evaluate", "downstream_data", "finetune",
+          "finetune_eval")
+
+
 def states(summary):
     return {stage: info["prefect_state"] for stage, info in summary["stages"].items()}
 
@@ -38,20 +42,22 @@ def children(summary):
 
 def test_first_run_builds_every_stage(twice):
     _, first, _ = twice
-    assert states(first) == {"teacher": "Completed", "synthesis": "Completed", "stage1": "Completed",
-                             "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
+    assert states(first) == {s: "Completed" for s in STAGES}
     assert not any(info["cache_hit"] for info in first["stages"].values())
     assert Path(first["exported_model"], "model_index.json").is_file()
+    assert Path(first["finetuned_model"], "model_index.json").is_file()
+    ft = first["finetune"]
+    assert 0 <= ft["downstream_before"] <= 1 and 0 <= ft["downstream_after"] <= 1 and ft["real_downstream_score"] > 0.9
 
 
 def test_second_run_is_all_cache_hits(twice):
     root, first, second = twice
-    assert set(states(second).values()) == {"Cached"} and len(states(second)) == 6
+    assert set(states(second).values()) == {"Cached"} and set(states(second)) == set(STAGES)
     assert all(info["cache_hit"] for info in second["stages"].values())
     assert {s: i["path"] for s, i in first["stages"].items()} == {s: i["path"] for s, i in second["stages"].items()}
     assert (root / "summary.json").is_file()
     _, runs = children(second)
-    assert set(runs) == {"teacher", "synthesis", "stage1", "stage2", "export", "evaluate"}
+    assert set(runs) == set(STAGES)
     assert all(r.data.tags["cache_hit"] == "true" for r in runs.values())
     assert runs["synthesis"].data.tags["source_run_id"] == first["stages"]["synthesis"]["mlflow_run_id"]
 
@@ -64,7 +70,7 @@ def test_mlflow_parent_and_children(twice):
     assert parent.data.tags["prefect_flow_run_id"] == str(first["prefect_flow_run_id"])
     assert parent.data.params["synthesis.num_samples"] == "32"
     assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert set(runs) == {"teacher", "synthesis", "stage1", "stage2", "export", "evaluate"}
+    assert set(runs) == set(STAGES)
     assert all(r.data.tags["cache_hit"] == "false" for r in runs.values())
     s2 = runs["stage2"]
     assert {"stage2/dmd_loss", "stage2/flowmap_loss", "stage2/s", "stage2/k", "critic/loss"} <= set(s2.data.metrics)
@@ -89,20 +95,26 @@ def test_mlflow_parent_and_children(twice):
     assert {"eval/total_nfe1", "eval/total_nfe4", "eval/teacher_euler/total_nfe4", "eval/anystep_ok"} <= set(ev.data.metrics)
     assert ev.data.tags["anystep_ok"] in ("true", "false")
     assert sorted(m.step for m in client.get_metric_history(ev.info.run_id, "eval/total")) == [1, 2, 4]
+    fe = runs["finetune_eval"]
+    assert {"downstream_vs_nfe.png", "downstream_samples.png", "comparison.json", "table.json"} <= {
+        a.path for a in client.list_artifacts(fe.info.run_id)}
+    assert {"finetune/downstream/before/score_nfe4", "finetune/downstream/after/score_nfe4",
+            "finetune/base/before/total_nfe4", "finetune/base/after/total_nfe4"} <= set(fe.data.metrics)
+    assert len(client.get_metric_history(runs["finetune"].info.run_id, "finetune/loss")) == 4
 
 
 def test_changed_config_reruns_only_the_affected_stage(twice):
     root, _, _ = twice
     third = run(root, "synthesis.seed=1")
-    assert states(third) == {"teacher": "Cached", "synthesis": "Completed", "stage1": "Completed",
-                             "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
+    assert states(third) == {**{s: "Completed" for s in STAGES}, "teacher": "Cached", "downstream_data": "Cached"}
 
 
 def test_teacher_tuning_feeds_stage2_and_reruns_only_what_follows(twice):
     root, first, _ = twice
     tuned = run(root, "teacher_tune.enabled=true", "teacher_tune.num_steps=3", "teacher_tune.batch_size=2")
     assert states(tuned) == {"teacher": "Cached", "synthesis": "Cached", "teacher_tune": "Completed",
-                             "stage1": "Cached", "stage2": "Completed", "export": "Completed", "evaluate": "Completed"}
+                             "stage1": "Cached", "stage2": "Completed", "export": "Completed", "evaluate": "Completed",
+                             "downstream_data": "Cached", "finetune": "Completed", "finetune_eval": "Completed"}
     tt = tuned["stages"]["teacher_tune"]
     assert tt["steps"] == 3 and Path(tt["path"], "lora.safetensors").is_file()
     assert tuned["stages"]["stage2"]["tuned_teacher"] == tt["key"] != None
@@ -116,8 +128,7 @@ def test_deleted_artifact_is_rebuilt(twice):
     shutil.rmtree(first["stages"]["export"]["path"])
     again = run(root)
     # the rebuilt export has the same content address, so its evaluation stays valid
-    assert states(again) == {"teacher": "Cached", "synthesis": "Cached", "stage1": "Cached", "stage2": "Cached",
-                             "export": "Completed", "evaluate": "Cached"}
+    assert states(again) == {**{s: "Cached" for s in STAGES}, "export": "Completed"}
     assert Path(again["exported_model"], "model_index.json").is_file()
 
 

@@ -1,0 +1,261 @@
+"""Downstream fine-tuning (paper §5, Fig. 7-8): continue the distilled student's forward flow-map training on
+a new dataset. The flow map is preserved, so the fine-tuned student keeps sampling in any number of steps.
+
+Data: the toy world's downstream domain ("a red circle bouncing left on a black background": 4 px/frame,
+reflected at the walls, never seen by the base teacher), rendered and VAE-encoded into the same shards the
+synthesis stage writes, or any shard folder a user brings. Objective: the stage-1 loss (`flowmap_loss`),
+optionally replaying a fraction of base-domain shards in every batch against forgetting.
+
+DownstreamBench (toy world, rule-based like ToyBench, per video in [0, 1]):
+  motion   exp(−RMS / 2 px) of the parsed centroid track against the best-fitting bouncing trajectory
+           (any of the 4 directions, any start): 1 for the downstream law, low for the base domain's
+           2 px/frame straight motion
+  speed    exp(−|median frame-to-frame speed − bounce speed| / 1 px)
+  colour   parsed colour == prompt;   count   fraction of frames with exactly one object
+  score    mean(motion, speed): the headline, the behaviour the base student does not have
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from anyflow import toyworld
+from anyflow.export import Student
+from anyflow.lora import LoraSpec, load_lora, lora_parameters, save_lora
+from anyflow.shards import Batch, ShardReader, ShardWriter
+from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
+from anyflow.student import student_from_teacher
+from anyflow.toyparser import parse_batch
+from anyflow.training import LogFn, LoopSpec, train
+from anyflow.wan import Teacher
+
+MOTION_R_PX = 2.0
+SPEED_S_PX = 1.0
+_START_GRID_PX = 0.25
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def render_downstream_shards(teacher: Teacher, world: toyworld.WorldSpec, out_dir: str | Path, *, num_samples: int,
+                             seed: int, samples_per_shard: int = 256, batch_size: int = 64,
+                             progress: bool = True) -> dict:
+    """Render `num_samples` downstream-domain videos, encode them with the teacher's VAE and text encoder and
+    write synthesis-format shards (resuming after the shards already written)."""
+    conds = toyworld.sample_conditions(num_samples, seed, "downstream", world)
+    writer = ShardWriter(out_dir, samples_per_shard)
+    first = writer.num_written
+    bar = tqdm(total=num_samples, initial=first, desc="downstream data", disable=not progress, unit="video")
+    for lo in range(first, num_samples, samples_per_shard):
+        pending = []
+        for b in range(lo, min(lo + samples_per_shard, num_samples), batch_size):
+            part = conds[b:min(b + batch_size, lo + samples_per_shard, num_samples)]
+            pixels = torch.from_numpy(toyworld.render_batch(part, world)).permute(0, 4, 1, 2, 3) * 2 - 1
+            latents = teacher.encode_video(pixels)
+            embeds = teacher.encode_prompts([c.prompt for c in part])
+            for i, (cond, lat, emb) in enumerate(zip(part, latents, embeds), start=b):
+                real = emb[: int((emb.abs().amax(dim=-1) > 0).sum())].numpy()
+                pending.append({"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).numpy(), "prompt_embeds": real,
+                                "prompt": cond.prompt, "meta": {"index": i, "domain": "downstream",
+                                                                "start": list(cond.start)}})
+            bar.update(len(part))
+        writer.write_shard(pending)
+    bar.close()
+    writer.write_manifest({"num_samples": writer.num_written, "max_sequence_length": teacher.max_sequence_length,
+                           "source": "toy downstream renders", "seed": seed, "negative_prompt": teacher.negative_prompt,
+                           "video": {"height": world.height, "width": world.width, "num_frames": world.num_frames}})
+    return {"num_samples": writer.num_written, "num_shards": len(writer.shards), "resumed_from": first}
+
+
+def mixed_batches(main: ShardReader, replay: ShardReader | None, batch_size: int, replay_size: int, seed: int,
+                  start: int = 0) -> Iterator[Batch]:
+    """Batches of `batch_size − replay_size` samples of `main` plus `replay_size` of `replay`; `start` (a
+    previous Batch.position, counted in whole batches) resumes both streams where they stopped."""
+    if replay is None or replay_size == 0:
+        yield from main.batches(batch_size, seed=seed, start=start)
+        return
+    if not 0 < replay_size < batch_size:
+        raise ValueError(f"replay_size must be in (0, batch_size={batch_size}), got {replay_size}")
+    done = start // batch_size
+    a = main.batches(batch_size - replay_size, seed=seed, start=done * (batch_size - replay_size))
+    b = replay.batches(replay_size, seed=seed + 1, start=done * replay_size)
+    for n, (x, y) in enumerate(zip(a, b), start=done + 1):
+        yield Batch(latents=torch.cat([x.latents, y.latents]), prompt_embeds=torch.cat([x.prompt_embeds, y.prompt_embeds]),
+                    prompts=x.prompts + y.prompts, position=n * batch_size)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str | Path, out_dir: str | Path, *,
+                     loss: FlowMapLossSpec, loop: LoopSpec, batch_size: int, gate_value: float,
+                     replay_dir: str | Path | None = None, replay_fraction: float = 0.0,
+                     log: LogFn = lambda m, s: None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Continue the distilled student's LoRA with the forward flow-map loss on `data_dir` (resumable from
+    `out_dir/checkpoints`). Writes `out_dir/lora.safetensors` (EMA weights); returns (student, summary)."""
+    out_dir = Path(out_dir)
+    student = student_from_teacher(teacher.transformer, gate_value)
+    spec: LoraSpec = load_lora(student, student_lora)
+    params = lora_parameters(student)
+    student.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    reader = ShardReader(data_dir)
+    replay = ShardReader(replay_dir) if replay_dir is not None and replay_fraction > 0 else None
+    for r in (reader, replay):
+        if r is not None and r.max_sequence_length != teacher.max_sequence_length:
+            raise ValueError(f"{r.dir}: shards padded to {r.max_sequence_length} tokens, teacher uses "
+                             f"{teacher.max_sequence_length}")
+    replay_size = round(replay_fraction * batch_size) if replay is not None else 0
+    uncond = teacher.uncond_embedding()
+
+    def step(model, batch, generator):
+        return flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, loss, generator)
+
+    summary = train(student, params, step,
+                    lambda pos: mixed_batches(reader, replay, batch_size, replay_size, loop.seed, pos),
+                    loop, out_dir / "checkpoints", log=log, progress=progress)
+    save_lora(student, out_dir / "lora.safetensors", spec)
+    return student, {**summary, "replay_per_batch": replay_size}
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+def _bounce_tracks(world: toyworld.WorldSpec) -> np.ndarray:
+    """Every downstream trajectory on a 0.25 px start grid, all 4 directions: [K, F, 2]."""
+    half = world.object_size / 2 + 1
+    ys = np.arange(half, world.height - half + 1e-9, _START_GRID_PX)
+    xs = np.arange(half, world.width - half + 1e-9, _START_GRID_PX)
+    tracks = []
+    for direction in toyworld.DIRECTIONS:
+        for y in ys:
+            for x in xs:
+                cond = toyworld.Condition("circle", "red", "black", direction, "bouncing", (float(y), float(x)))
+                tracks.append(toyworld.trajectory(cond, world))
+    return np.stack(tracks)
+
+
+def motion_fit(track: np.ndarray, candidates: np.ndarray) -> float:
+    """exp(−RMS / R) of a parsed track [F, 2] (NaN rows missing) against its best-fitting candidate."""
+    ok = ~np.isnan(track[:, 0])
+    if ok.sum() < 3:
+        return 0.0
+    rms = np.sqrt(((candidates[:, ok] - track[ok][None]) ** 2).sum(-1).mean(-1)).min()
+    return float(np.exp(-rms / MOTION_R_PX))
+
+
+def downstream_scores(videos: np.ndarray, conds: list[toyworld.Condition], world: toyworld.WorldSpec) -> dict[str, np.ndarray]:
+    """Per-video DownstreamBench items (see the module docstring)."""
+    parsed = parse_batch(videos, world)
+    candidates = _bounce_tracks(world)
+    out = {k: [] for k in ("motion", "speed", "colour", "count")}
+    for cond, p in zip(conds, parsed):
+        ok = ~np.isnan(p.trajectory[:, 0])
+        steps = np.linalg.norm(np.diff(p.trajectory[ok], axis=0), axis=1) / np.diff(np.flatnonzero(ok)) \
+            if ok.sum() >= 2 else np.array([])
+        speed = float(np.median(steps)) if len(steps) else 0.0
+        out["motion"].append(motion_fit(p.trajectory, candidates))
+        out["speed"].append(float(np.exp(-abs(speed - world.bounce_speed) / SPEED_S_PX)) if len(steps) else 0.0)
+        out["colour"].append(float(p.colour == cond.colour))
+        out["count"].append(float(np.mean([n == 1 for n in p.counts])))
+    scores = {k: np.asarray(v) for k, v in out.items()}
+    scores["score"] = (scores["motion"] + scores["speed"]) / 2
+    return scores
+
+
+def summarize(scores: dict[str, np.ndarray], samples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Means, and a bootstrap 95 % interval of the headline score."""
+    rng = np.random.default_rng(seed)
+    s = scores["score"]
+    boots = s[rng.integers(0, len(s), size=(samples, len(s)))].mean(axis=1)
+    return {**{k: float(v.mean()) for k, v in scores.items()},
+            "score_ci_lo": float(np.percentile(boots, 2.5)), "score_ci_hi": float(np.percentile(boots, 97.5))}
+
+
+
+# ----------------------------------------------------------------------------------- before / after
+
+def paired_ci(after: np.ndarray, before: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of the per-video difference after − before (same prompts, same noise) and its bootstrap 95 % CI."""
+    d = np.asarray(after) - np.asarray(before)
+    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
+    return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, nfes: tuple[int, ...],
+                         num_prompts: int, seed: int, base_nfes: tuple[int, ...] = (4,),
+                         progress=lambda msg: None) -> tuple[list[dict], dict]:
+    """Score exported students (e.g. {"before": …, "after": …}) with common random numbers: DownstreamBench on
+    downstream prompts at `nfes`, ToyBench Total on base-domain prompts at `base_nfes` (did it forget?).
+    Returns (rows, {(domain, model, nfe): per-video headline array, and "videos": {...}})."""
+    from anyflow import toybench
+
+    down = toyworld.sample_conditions(num_prompts, seed, "downstream", world)
+    base = toyworld.sample_conditions(num_prompts, seed, "base", world)
+    real = toybench.real_reference(base, world, seed)
+    rows, per_video, videos = [], {}, {}
+    for name, model in models.items():
+        for nfe in nfes:
+            progress(f"{name}: downstream, NFE {nfe}")
+            vids = model.generate([c.prompt for c in down], nfe=nfe, seed=seed)
+            scores = downstream_scores(vids, down, world)
+            rows.append({"domain": "downstream", "model": name, "nfe": nfe, **summarize(scores, seed=seed)})
+            per_video[("downstream", name, nfe)] = scores["score"]
+            videos[("downstream", name, nfe)] = vids
+        for nfe in base_nfes:
+            progress(f"{name}: base domain, NFE {nfe}")
+            vids = model.generate([c.prompt for c in base], nfe=nfe, seed=seed)
+            metrics, totals = toybench.score(vids, base, world, real, seed=seed)
+            rows.append({"domain": "base", "model": name, "nfe": nfe, "total": metrics["total"],
+                         "quality": metrics["quality"], "semantic": metrics["semantic"]})
+            per_video[("base", name, nfe)] = totals
+    return rows, {"per_video": per_video, "videos": videos}
+
+
+def plot_before_after(rows: list[dict], path: str | Path, real_score: float | None = None) -> Path:
+    """DownstreamBench score vs NFE, one line per model, with 95 % CIs (and the real renders' score)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anyflow.checkpoint import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name in dict.fromkeys(r["model"] for r in rows if r["domain"] == "downstream"):
+        pts = sorted((r for r in rows if r["domain"] == "downstream" and r["model"] == name), key=lambda r: r["nfe"])
+        y = [r["score"] for r in pts]
+        err = [[r["score"] - r["score_ci_lo"] for r in pts], [r["score_ci_hi"] - r["score"] for r in pts]]
+        ax.errorbar([r["nfe"] for r in pts], y, yerr=err, marker="o", capsize=3, label=f"student {name} fine-tuning")
+    if real_score is not None:
+        ax.axhline(real_score, ls="--", c="gray", label="real downstream renders")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("NFE")
+    ax.set_ylabel("DownstreamBench score (bouncing motion)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def before_after_summary(rows: list[dict], per_video: dict, seed: int = 0) -> dict:
+    """Per domain and NFE: before, after, and the paired difference with its 95 % CI; `base_within_noise` is
+    true when no base-domain difference is significantly negative (fine-tuning did not measurably forget)."""
+    out = {"downstream": {}, "base": {}}
+    for r in rows:
+        if r["model"] != "after":
+            continue
+        domain, n = r["domain"], r["nfe"]
+        metric = "score" if domain == "downstream" else "total"
+        before = next(x[metric] for x in rows if (x["domain"], x["model"], x["nfe"]) == (domain, "before", n))
+        d, lo, hi = paired_ci(per_video[(domain, "after", n)], per_video[(domain, "before", n)], seed=seed)
+        out[domain][str(n)] = {"before": before, "after": r[metric], "diff": d, "diff_ci_lo": lo, "diff_ci_hi": hi}
+    out["base_within_noise"] = all(v["diff_ci_hi"] >= 0 for v in out["base"].values())
+    return out

@@ -1,0 +1,176 @@
+"""Downstream fine-tuning stages (DESIGN §1 "finetune", paper Fig. 7-8), after the main evaluation:
+
+  downstream_data   the toy world's bouncing domain rendered and encoded into shards (or a user's shard folder)
+  finetune          the distilled student's LoRA continued with the forward flow-map loss, then exported
+  finetune_eval     before vs after on the downstream domain at several NFEs, and on the base domain (forgetting)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+
+from anyflow import toyworld
+from anyflow.downstream import (before_after_summary, compare_before_after, downstream_scores, finetune_student,
+                                plot_before_after, render_downstream_shards)
+from anyflow.export import load_student
+from anyflow.media import contact_sheet
+from anyflow.shards import ShardReader
+from anyflow.toybuild import toy_world_of
+from anyflow.training import LoopSpec
+from anyflow.wan import load_teacher
+from conf.schema import PipelineConfig
+from tasks.artifacts import StageHandle, folder_fingerprint, stage_key, write_json_atomic
+from tasks.export import export_lora_student
+from tasks.stage1 import loss_spec
+from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+
+EVAL_ONLY = ("nfe_list", "base_nfe_list", "num_eval_prompts")
+
+
+# ------------------------------------------------------------------------------------- downstream data
+
+def downstream_data_params(cfg: PipelineConfig) -> dict:
+    f = cfg.finetune
+    return {"domain": f.domain, "num_samples": f.num_samples, "seed": f.seed}
+
+
+def downstream_data_key(cfg: PipelineConfig, teacher: StageHandle) -> str:
+    return stage_key("downstream_data", {**downstream_data_params(cfg), "negative_prompt": cfg.teacher.negative_prompt},
+                     (teacher.key,))
+
+
+def external_shards(folder: str | Path) -> StageHandle:
+    """A handle on a user's shard folder (synthesis format), validated and keyed by its files."""
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"finetune.domain: {folder} is neither 'downstream' nor a shard folder")
+    reader = ShardReader(folder)
+    return StageHandle("downstream_data", folder_fingerprint(folder), str(folder),
+                       {"num_samples": reader.num_samples, "external": True})
+
+
+def run_downstream_data(cfg: PipelineConfig, teacher: StageHandle, parent_run_id: str | None = None) -> StageHandle:
+    def build(out: Path, ctx: StageContext) -> dict:
+        world = toy_world_of(teacher.path)
+        if world is None:
+            raise ValueError(f"finetune.domain=downstream renders the toy world, but {teacher.path} is not a toy "
+                             "teacher: point finetune.domain at a shard folder instead")
+        model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+        return render_downstream_shards(model, world, out, num_samples=cfg.finetune.num_samples, seed=cfg.finetune.seed)
+
+    return run_stage(cfg, "downstream_data", downstream_data_key(cfg, teacher), downstream_data_params(cfg),
+                     parent_run_id, build, resumable=True)
+
+
+@task(name="downstream_data", cache_key_fn=prefect_cache_key("downstream_data", downstream_data_key),
+      persist_result=True)
+def downstream_data(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle) -> StageHandle:
+    return run_downstream_data(cfg, teacher, parent_run_id)
+
+
+# ------------------------------------------------------------------------------------------- finetune
+
+def finetune_params(cfg: PipelineConfig) -> dict:
+    params = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in EVAL_ONLY}
+    return {**params, "loss": loss_spec(cfg).__dict__, "gate_value": cfg.stage1.gate_value}
+
+
+def finetune_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle, data: StageHandle,
+                 base: StageHandle) -> str:
+    replay = (base.key,) if cfg.finetune.replay_fraction > 0 else ()
+    return stage_key("finetune", {**finetune_params(cfg), "negative_prompt": cfg.teacher.negative_prompt},
+                     (teacher.key, student.key, data.key) + replay)
+
+
+def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle, data: StageHandle,
+                 base: StageHandle, parent_run_id: str | None = None, progress: bool = True) -> StageHandle:
+    f = cfg.finetune
+
+    def build(out: Path, ctx: StageContext) -> dict:
+        model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+        loop = LoopSpec(num_steps=f.num_steps, lr=f.lr, betas=tuple(f.betas), warmup_steps=f.warmup_steps,
+                        grad_clip=f.grad_clip, ema_decay=f.ema_decay, ema_start_step=f.ema_start_step,
+                        checkpoint_every=f.checkpoint_every, seed=f.seed, name="finetune")
+        _, summary = finetune_student(model, Path(student.path) / student.summary["lora"], data.path, out,
+                                      loss=loss_spec(cfg), loop=loop, batch_size=f.batch_size,
+                                      gate_value=cfg.stage1.gate_value, replay_dir=base.path,
+                                      replay_fraction=f.replay_fraction, log=ctx.log, progress=progress)
+        summary.pop("losses")
+        folder = export_lora_student(cfg, teacher, out / "lora.safetensors", out / "model",
+                                     {"student": "finetune", "base_student_key": student.key,
+                                      "data_key": data.key, "teacher_key": teacher.key})
+        ctx.log_artifact(folder / "anyflow_export.json")
+        return {**summary, "lora": "lora.safetensors", "model": folder.name}
+
+    return run_stage(cfg, "finetune", finetune_key(cfg, teacher, student, data, base), finetune_params(cfg),
+                     parent_run_id, build, resumable=True)
+
+
+@task(name="finetune", cache_key_fn=prefect_cache_key("finetune", finetune_key), persist_result=True)
+def finetune(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle, student: StageHandle,
+             data: StageHandle, base: StageHandle) -> StageHandle:
+    return run_finetune(cfg, teacher, student, data, base, parent_run_id)
+
+
+# -------------------------------------------------------------------------------------- finetune_eval
+
+def finetune_eval_params(cfg: PipelineConfig) -> dict:
+    f = cfg.finetune
+    return {"nfe_list": list(f.nfe_list), "base_nfe_list": list(f.base_nfe_list),
+            "num_eval_prompts": f.num_eval_prompts, "seed": cfg.evaluation.seed}
+
+
+def finetune_eval_key(cfg: PipelineConfig, teacher: StageHandle, before: StageHandle, after: StageHandle) -> str:
+    return stage_key("finetune_eval", finetune_eval_params(cfg), (teacher.key, before.key, after.key))
+
+
+def run_finetune_eval(cfg: PipelineConfig, teacher: StageHandle, before: StageHandle, after: StageHandle,
+                      parent_run_id: str | None = None) -> StageHandle:
+    p = finetune_eval_params(cfg)
+
+    def build(out: Path, ctx: StageContext) -> dict:
+        world = toy_world_of(teacher.path)
+        if world is None:
+            raise ValueError(f"the before/after evaluation uses the toy world's DownstreamBench; {teacher.path} "
+                             "is not a toy teacher (set finetune.enabled=false and evaluate the export yourself)")
+        models = {"before": load_student(Path(before.path) / before.summary["model"]),
+                  "after": load_student(Path(after.path) / after.summary["model"])}
+        rows, extra = compare_before_after(models, world, tuple(p["nfe_list"]), p["num_eval_prompts"], p["seed"],
+                                           tuple(p["base_nfe_list"]),
+                                           progress=lambda msg: print(f"[finetune_eval] {msg}", flush=True))
+        conds = toyworld.sample_conditions(p["num_eval_prompts"], p["seed"], "downstream", world)
+        real = float(downstream_scores(toyworld.render_batch(conds, world), conds, world)["score"].mean())
+        summary = {"real_downstream_score": real, **before_after_summary(rows, extra["per_video"], p["seed"])}
+        base4 = summary["base"].get("4")
+        for r in rows:
+            keys = ("score", "motion", "speed", "colour", "count") if r["domain"] == "downstream" else \
+                ("total", "quality", "semantic")
+            ctx.log({f"finetune/{r['domain']}/{r['model']}/{k}_nfe{r['nfe']}": r[k] for k in keys}, 0)
+            ctx.log({f"finetune/{r['domain']}/{r['model']}/{keys[0]}": r[keys[0]]}, r["nfe"])
+        ctx.log({"finetune/real_downstream_score": real}, 0)
+        write_json_atomic(out / "table.json", rows)
+        write_json_atomic(out / "comparison.json", summary)
+        plot = plot_before_after(rows, out / "downstream_vs_nfe.png", real_score=real)
+        nfe = 4 if 4 in p["nfe_list"] else p["nfe_list"][0]
+        sheet = contact_sheet({f"{m} ({nfe} NFE)": extra["videos"][("downstream", m, nfe)][:4] for m in models},
+                              out / "downstream_samples.png", columns=[c.prompt for c in conds[:4]])
+        for path in (plot, sheet, out / "table.json", out / "comparison.json"):
+            ctx.log_artifact(path)
+        headline = summary["downstream"][str(nfe)]
+        ctx.tracker.set_tags(ctx.run_id, {"base_within_noise": str(summary["base_within_noise"]).lower()})
+        return {"table": "table.json", "plot": plot.name, "comparison": "comparison.json",
+                "downstream_before": headline["before"], "downstream_after": headline["after"],
+                "base_total_before": base4["before"] if base4 else None,
+                "base_total_after": base4["after"] if base4 else None,
+                "base_within_noise": summary["base_within_noise"], "real_downstream_score": real}
+
+    return run_stage(cfg, "finetune_eval", finetune_eval_key(cfg, teacher, before, after), p, parent_run_id, build)
+
+
+@task(name="finetune_eval", cache_key_fn=prefect_cache_key("finetune_eval", finetune_eval_key), persist_result=True)
+def finetune_eval(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle, before: StageHandle,
+                  after: StageHandle) -> StageHandle:
+    return run_finetune_eval(cfg, teacher, before, after, parent_run_id)

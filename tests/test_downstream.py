@@ -1,0 +1,54 @@
+"""Downstream fine-tuning pieces: DownstreamBench separates the two motions, mixed batches resume exactly,
+the paired before/after interval, and the forgetting verdict."""
+
+import numpy as np
+import torch
+
+from anyflow import toyworld
+from anyflow.downstream import before_after_summary, downstream_scores, mixed_batches, paired_ci
+from anyflow.shards import ShardReader
+from test_shards import write
+
+
+def test_downstream_bench_scores_the_bouncing_law_not_the_base_motion():
+    world = toyworld.WorldSpec()
+    down = toyworld.sample_conditions(48, 3, "downstream", world)
+    base = toyworld.sample_conditions(48, 3, "base", world)
+    d = downstream_scores(toyworld.render_batch(down, world), down, world)
+    b = downstream_scores(toyworld.render_batch(base, world), base, world)
+    assert d["motion"].mean() > 0.9 and d["speed"].mean() > 0.95 and d["colour"].mean() == 1
+    assert b["score"].mean() < 0.3 < 0.9 < d["score"].mean()
+    static = np.repeat(toyworld.render_batch(down, world)[:, :1], world.num_frames, axis=1)   # frozen frame 0
+    assert downstream_scores(static, down, world)["score"].mean() < 0.3
+
+
+def test_mixed_batches_hold_the_replay_share_and_resume_where_they_stopped(tmp_path):
+    write(tmp_path / "main", n=20)
+    write(tmp_path / "base", n=12)
+    main, base = ShardReader(tmp_path / "main"), ShardReader(tmp_path / "base")
+    stream = mixed_batches(main, base, batch_size=4, replay_size=1, seed=0)
+    batches = [next(stream) for _ in range(5)]
+    assert all(len(b.prompts) == 4 and b.latents.shape[0] == 4 for b in batches)
+    assert [b.position for b in batches] == [4, 8, 12, 16, 20]
+    resumed = mixed_batches(main, base, batch_size=4, replay_size=1, seed=0, start=batches[2].position)
+    for want in batches[3:]:
+        got = next(resumed)
+        assert got.prompts == want.prompts and torch.equal(got.latents, want.latents)
+    only_main = next(mixed_batches(main, None, batch_size=4, replay_size=0, seed=0))
+    assert only_main.prompts == next(main.batches(4, seed=0)).prompts
+
+
+def test_paired_interval_and_forgetting_verdict():
+    rng = np.random.default_rng(0)
+    before = rng.uniform(size=200)
+    assert paired_ci(before, before) == (0.0, 0.0, 0.0)
+    d, lo, hi = paired_ci(before + 0.05, before)
+    assert abs(d - 0.05) < 1e-12 and lo <= d <= hi
+    rows = [{"domain": "base", "model": m, "nfe": 4, "total": v.mean()} for m, v in
+            (("before", before), ("after", before - 0.1))]
+    verdict = before_after_summary(rows, {("base", "before", 4): before, ("base", "after", 4): before - 0.1})
+    assert not verdict["base_within_noise"] and abs(verdict["base"]["4"]["diff"] + 0.1) < 1e-12
+    noisy = before + rng.normal(0, 0.05, size=200) - 0.001
+    rows[1]["total"] = noisy.mean()
+    verdict = before_after_summary(rows, {("base", "before", 4): before, ("base", "after", 4): noisy})
+    assert verdict["base_within_noise"]

@@ -31,7 +31,7 @@ from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
 from anyflow.shards import ShardReader
 from anyflow.student import average_velocity, student_from_teacher
-from anyflow.textpad import enable_gradient_checkpointing
+from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
 
 

@@ -36,7 +36,7 @@ from anyflow.shards import ShardReader
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import average_velocity, student_from_teacher
 from anyflow.teacher import teacher_velocity
-from anyflow.textpad import enable_gradient_checkpointing
+from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, Update, train_updates
 from anyflow.wan import Teacher
 

@@ -20,7 +20,7 @@ import torch
 from anyflow.lora import LoraSpec, attach_lora, load_lora, merge_lora, save_lora
 from anyflow.shards import ShardReader
 from anyflow.teacher import flow_matching_loss, sample_sigma
-from anyflow.textpad import enable_gradient_checkpointing
+from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
 from anyflow.wan import Teacher
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-import torch.utils.checkpoint
 from torch import nn
 
 
@@ -63,30 +62,3 @@ def collapsed_text(model: nn.Module, bias: torch.Tensor):
         for m, p in zip(modules, originals):
             m.processor = p
 
-
-
-def _checkpoint_with_processors(block: nn.Module, *args):
-    """Activation checkpointing for one transformer block that recomputes with the cross-attention processors
-    that were installed at forward time. The recomputation runs during backward, after `collapsed_text` has
-    restored the plain processors; without this it would drop the padding bias (and torch would either fail
-    on a different saved-tensor count or, worse, return the gradient of another function)."""
-    attn = [m for name, m in block.named_modules() if name.endswith("attn2") and hasattr(m, "processor")]
-    installed = [m.processor for m in attn]
-
-    def run(*a):
-        current = [m.processor for m in attn]
-        try:
-            for m, p in zip(attn, installed):
-                m.processor = p
-            return block(*a)
-        finally:
-            for m, p in zip(attn, current):
-                m.processor = p
-
-    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
-
-
-def enable_gradient_checkpointing(model) -> None:
-    """Checkpoint every transformer block of a diffusers model (recompute activations in backward: less memory,
-    about one more forward of compute), compatible with `collapsed_text`."""
-    model.enable_gradient_checkpointing(gradient_checkpointing_func=_checkpoint_with_processors)

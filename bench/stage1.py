@@ -24,7 +24,7 @@ import torch
 from anyflow.schedule import beta_time_weight
 from anyflow.stage1 import flowmap_loss
 from anyflow.student import average_velocity
-from anyflow.textpad import enable_gradient_checkpointing
+from anyflow.gradckpt import enable_gradient_checkpointing
 from tasks.stage1 import loss_spec
 from toymodels import toy_models
 

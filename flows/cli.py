@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         print(conf.to_yaml(cfg))
         print("stage plan:")
         for stage, path, cached in plan(cfg):
-            print(f"  {stage:12s} {'cached' if cached else 'to run':8s} {path}")
+            print(f"  {stage:15s} {'cached' if cached else 'to run':8s} {path}")
         return 0
     from flows.pipeline import pipeline
 
@@ -144,7 +144,7 @@ def score_table(rows: list[dict]) -> str:
 
 def _report(summary: dict) -> None:
     for stage, info in summary["stages"].items():
-        print(f"[anyflow] {stage:10s} {'cache hit' if info['cache_hit'] else 'built':9s} {info['path']}")
+        print(f"[anyflow] {stage:15s} {'cache hit' if info['cache_hit'] else 'built':9s} {info['path']}")
     print(f"[anyflow] student: {summary['exported_model']}")
     if summary.get("evaluation"):
         ev = summary["evaluation"]

@@ -47,6 +47,9 @@ STAGE_MODULES: dict[str, tuple[str, ...]] = {
     "stage2": ("stage2",),
     "export": ("export", "lora", "media", "student"),
     "evaluate": ("evaluation", "toybench", "vbench", "export"),
+    "downstream_data": ("downstream",),
+    "finetune": ("downstream",),
+    "finetune_eval": ("downstream", "toybench", "export"),
 }
 
 

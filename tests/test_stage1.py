@@ -117,7 +117,7 @@ def test_gradient_checkpointing_changes_memory_not_the_result_or_the_cache_key()
     from tasks.artifacts import StageHandle
     from tasks.stage1 import stage1_key
     from tasks.stage2 import stage2_key
-    from anyflow.textpad import enable_gradient_checkpointing
+    from anyflow.gradckpt import enable_gradient_checkpointing
 
     x0, text, _ = inputs()
     uncond = torch.zeros(1, *text.shape[1:])

@@ -41,12 +41,16 @@ def _parser() -> argparse.ArgumentParser:
         elif name == "serve":
             cmd.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: daily at 03:00)")
             cmd.add_argument("--name", default=None, help="deployment name (default: <preset>-scheduled)")
-    sample = sub.add_parser("sample", help="sample an exported AnyFlow student at several NFEs (GIFs + contact sheet)")
-    sample.add_argument("student", type=Path, help="an exported student folder (AnyFlowPipeline)")
+    sample = sub.add_parser("sample", help="sample an exported AnyFlow student at any NFE (mp4/GIF, contact sheet)")
+    sample.add_argument("student", type=Path, nargs="?", help="an exported student folder (or --model)")
+    sample.add_argument("--model", type=Path, help="an exported student folder (AnyFlowPipeline)")
     sample.add_argument("--prompt", dest="prompts", action="append", required=True, help="a prompt (repeatable)")
     sample.add_argument("--nfe", default="1,4,32", help="comma-separated step counts (default 1,4,32)")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", type=Path, default=Path("samples"), help="output folder (default ./samples)")
+    sample.add_argument("--fps", type=int, default=8)
+    sample.add_argument("--out", type=Path, default=Path("samples"),
+                        help="a video file (.mp4 or .gif; one per prompt and NFE, numbered when there are several) "
+                             "or a folder of GIFs + contact sheet (default ./samples)")
     return p
 
 
@@ -179,9 +183,16 @@ def sample(args: argparse.Namespace) -> int:
         raise conf.ConfigError(f"--nfe {args.nfe!r}: expected comma-separated integers like 1,4,32") from None
     if any(n < 1 for n in nfes):
         raise conf.ConfigError(f"--nfe {args.nfe!r}: step counts must be >= 1")
-    from tasks.sample import sample_student
+    model = args.model or args.student
+    if model is None or (args.model and args.student and args.model != args.student):
+        raise conf.ConfigError("sample: give the exported student folder once, as --model PATH (or positionally)")
+    from tasks.sample import VIDEO_SUFFIXES, sample_student, sample_videos
 
-    sheet = sample_student(args.student, args.prompts, nfes, args.seed, args.out)
+    if args.out.suffix.lower() in VIDEO_SUFFIXES:
+        for path in sample_videos(model, args.prompts, nfes, args.seed, args.out, fps=args.fps):
+            print(f"[anyflow] wrote {path}")
+        return 0
+    sheet = sample_student(model, args.prompts, nfes, args.seed, args.out)
     print(f"[anyflow] samples in {args.out} (contact sheet: {sheet})")
     return 0
 

@@ -87,3 +87,19 @@ def test_cli_sample_writes_gifs_and_a_contact_sheet(exported, tmp_path, capsys):
     assert Image.open(tmp_path / "sheet.png").size[1] > 2 * 64
     assert main(["sample", str(exported), "--prompt", "x", "--nfe", "four"]) == 2
     assert "--nfe" in capsys.readouterr().err
+
+
+def test_cli_sample_writes_an_mp4_per_prompt_and_nfe(exported, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from flows.cli import main
+
+    assert main(["sample", "--model", str(exported), "--prompt", PROMPTS[0], "--nfe", "4",
+                 "--out", str(tmp_path / "video.mp4")]) == 0
+    video = iio.imread(tmp_path / "video.mp4")
+    assert video.shape == (9, 32, 32, 3) and video.std() > 0
+    assert main(["sample", "--model", str(exported), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--nfe", "1,2",
+                 "--out", str(tmp_path / "many.gif")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("many_*.gif")) == [
+        "many_nfe1_0.gif", "many_nfe1_1.gif", "many_nfe2_0.gif", "many_nfe2_1.gif"]
+    assert main(["sample", "--prompt", "x"]) == 2 and "--model" in capsys.readouterr().err

@@ -4,12 +4,16 @@ Sample i uses prompt i and the noise of a generator seeded `seed + i`, so any sh
 alone and a resumed run writes exactly what an uninterrupted one would (DESIGN §7). The teacher is called
 through the standard `WanPipeline.__call__` (its scheduler, `output_type="latent"`), with the prompt and
 negative embeddings precomputed so the stored embeddings are exactly what conditioned the sample.
+Inside the call, the transformer sees its zero-padded text collapsed exactly (`anyflow.textpad`): the same
+result to float rounding (5e-4 on latents of scale 15 after 20 CFG steps), 1.45x faster on the toy teacher,
+whose cost is otherwise dominated by projecting 512 mostly-zero text rows.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +21,28 @@ import torch
 from tqdm.auto import tqdm
 
 from anyflow.shards import ShardInfo, ShardWriter
+from anyflow.textpad import collapse_padding, collapsed_text
 from anyflow.wan import Teacher, VideoSize
 
 LogFn = Callable[[Mapping[str, float], int], None]
+
+
+@contextmanager
+def collapsed_pipeline_text(transformer: torch.nn.Module) -> Iterator[None]:
+    """While inside, every call of `transformer` (e.g. from a stock diffusers pipeline) collapses the zero rows
+    of its `encoder_hidden_states` exactly, whatever embedding (prompt or negative) the call carries."""
+    original = transformer.forward
+
+    def forward(*args, encoder_hidden_states: torch.Tensor, **kwargs):
+        text, bias = collapse_padding(encoder_hidden_states)
+        with collapsed_text(transformer, bias):
+            return original(*args, encoder_hidden_states=text, **kwargs)
+
+    transformer.forward = forward
+    try:
+        yield
+    finally:
+        del transformer.forward          # back to the class's forward
 
 
 @torch.no_grad()
@@ -28,9 +51,10 @@ def teacher_latents(teacher: Teacher, embeds: torch.Tensor, uncond: torch.Tensor
     """Normalised latents [B, C, F, H, W] from the teacher pipeline (CFG when guidance_scale > 1)."""
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     neg = uncond.expand(len(seeds), -1, -1) if guidance_scale > 1 else None
-    return teacher.pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, height=video.height, width=video.width,
-                        num_frames=video.num_frames, num_inference_steps=num_inference_steps,
-                        guidance_scale=guidance_scale, generator=gens, output_type="latent").frames.float()
+    with collapsed_pipeline_text(teacher.pipe.transformer):
+        return teacher.pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, height=video.height, width=video.width,
+                            num_frames=video.num_frames, num_inference_steps=num_inference_steps,
+                            guidance_scale=guidance_scale, generator=gens, output_type="latent").frames.float()
 
 
 def _real_rows(embeds: torch.Tensor) -> list[np.ndarray]:

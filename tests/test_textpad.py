@@ -56,3 +56,27 @@ def test_rejects_non_prefix_padding():
     e[0, 5] = 1.0
     with pytest.raises(ValueError, match="prefix"):
         collapse_padding(e)
+
+
+def test_a_stock_pipeline_call_with_collapsed_text_matches_the_full_call(ci_teacher):
+    from anyflow.synthesis import collapsed_pipeline_text
+    from anyflow.wan import load_teacher, teacher_video_size
+
+    teacher = load_teacher(ci_teacher.path)
+    video = teacher_video_size(ci_teacher.path)
+    embeds = teacher.encode_prompts(["a red circle moving left on a black background", "a blue square moving up"])
+    neg = teacher.uncond_embedding().expand(2, -1, -1)
+
+    def run():
+        gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
+        return teacher.pipe(prompt_embeds=embeds, negative_prompt_embeds=neg, height=video.height, width=video.width,
+                            num_frames=video.num_frames, num_inference_steps=4, guidance_scale=4.0, generator=gens,
+                            output_type="latent").frames
+
+    full = run()
+    transformer = teacher.pipe.transformer
+    with collapsed_pipeline_text(transformer):
+        collapsed = run()
+    assert "forward" not in vars(transformer)                    # the class's forward is back
+    assert torch.allclose(collapsed, full, atol=1e-4 * full.abs().max().item())
+    assert (full[0] - full[1]).abs().max() > 0.1                 # two prompts, two different samples

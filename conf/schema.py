@@ -73,7 +73,7 @@ class Stage1Config(Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(200, ge=1)
-    num_processes: int = Field(1, ge=1)                 # > 1: torchrun with that many processes (gloo on CPU)
+    num_processes: int = Field(1, ge=1)                 # > 1: accelerate launch with that many processes (gloo on CPU)
     gradient_checkpointing: bool = False                # recompute block activations in backward (memory, not result)
     seed: int = 0
 

@@ -69,12 +69,14 @@ def run_stage1(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, par
 
 
 def _launch(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, out: Path, ctx: StageContext) -> dict:
-    """Run stage 1 in `num_processes` processes (torchrun; gloo on CPU, NCCL on GPUs), then log rank 0's metrics."""
+    """Run stage 1 in `num_processes` processes through `accelerate launch` (its multi-process launcher, i.e.
+    torch.distributed.run: gloo on CPU, NCCL on GPUs), then log rank 0's metrics."""
     out.mkdir(parents=True, exist_ok=True)
     job = out / "job.json"
     job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "teacher": teacher.path, "data": data.path,
                                "out": str(out)}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.stage1.num_processes}",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--num_processes", str(cfg.stage1.num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "tasks.stage1_worker", str(job)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:

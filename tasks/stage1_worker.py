@@ -1,6 +1,6 @@
-"""One process of a multi-process stage 1, started by the stage-1 task through `torchrun`:
+"""One process of a multi-process stage 1, started by the stage-1 task through `accelerate launch`:
 
-    python -m torch.distributed.run --standalone --nproc_per_node P -m tasks.stage1_worker JOB.json
+    accelerate launch --multi_gpu --num_processes P -m tasks.stage1_worker JOB.json   (CPU too: gloo)
 
 Rank 0 writes the metrics (`metrics.jsonl`) and the summary (`summary.json`) into the job's output folder;
 the task logs them to MLflow (only the parent process talks to MLflow)."""
@@ -33,7 +33,7 @@ def main(job_path: str) -> None:
                                     log=lambda m, s: metrics.append({"step": s, **m}), progress=False,
                                     gradient_checkpointing=cfg.stage1.gradient_checkpointing)
     # every process must end with the same weights (DDP keeps them in sync): record each one's checksum
-    checksum = torch.tensor([float(sum(p.double().sum() for p in lora_parameters(student)))], dtype=torch.float64)
+    checksum = torch.tensor([float(sum(p.detach().double().sum() for p in lora_parameters(student)))], dtype=torch.float64)
     if dist.is_initialized():
         sums = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
         dist.all_gather(sums, checksum)

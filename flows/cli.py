@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -114,8 +115,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from flows.pipeline import pipeline
 
-    summary = pipeline(preset=args.preset, overrides=args.overrides,
-                       summary_json=str(args.summary_json) if args.summary_json else None)
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        summary = pipeline(preset=args.preset, overrides=args.overrides,
+                           summary_json=str(args.summary_json) if args.summary_json else None)
+    except BaseException:
+        if not interrupted:
+            raise
+        # Prefect reports the crash to its (ephemeral) server, which Ctrl-C has stopped too: whatever that
+        # raises, the run was interrupted and its work is on disk.
+        print(f"\n[anyflow] interrupted. Finished stages are cached and the interrupted one kept its work "
+              f"({cfg.paths.artifacts}/<stage>/.<key>.partial): run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _report(summary)
     return 0
 
@@ -204,3 +224,5 @@ def main(argv: list[str] | None = None) -> int:
     except conf.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130

@@ -71,6 +71,34 @@ def render_downstream_shards(teacher: Teacher, world: toyworld.WorldSpec, out_di
     return {"num_samples": writer.num_written, "num_shards": len(writer.shards), "resumed_from": first}
 
 
+def student_replay_shards(student: Student, teacher: Teacher, prompts: list[str], out_dir: str | Path, *, nfe: int,
+                          seed: int, samples_per_shard: int = 256, batch_size: int = 64, progress: bool = True) -> dict:
+    """Replay data that keeps what distillation achieved: the distilled student's own `nfe`-step samples for
+    base-domain `prompts`, as synthesis-format shards (resumable). Replaying the teacher's data instead pulls
+    the student back toward the teacher's quality (the stage-1 level), since the flow-map loss fits its data."""
+    writer = ShardWriter(out_dir, samples_per_shard)
+    first = writer.num_written
+    bar = tqdm(total=len(prompts), initial=first, desc="replay samples", disable=not progress, unit="sample")
+    for lo in range(first, len(prompts), samples_per_shard):
+        pending = []
+        for b in range(lo, min(lo + samples_per_shard, len(prompts)), batch_size):
+            part = prompts[b:min(b + batch_size, lo + samples_per_shard, len(prompts))]
+            latents = student.generate(part, nfe=nfe, seed=seed + b, batch_size=batch_size, output_type="latent")
+            embeds = teacher.encode_prompts(part)
+            for i, (prompt, lat, emb) in enumerate(zip(part, latents, embeds), start=b):
+                real = emb[: int((emb.abs().amax(dim=-1) > 0).sum())].numpy()
+                pending.append({"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).float().numpy(),
+                                "prompt_embeds": real, "prompt": prompt,
+                                "meta": {"index": i, "seed": seed + i, "nfe": nfe, "source": "distilled student"}})
+            bar.update(len(part))
+        writer.write_shard(pending)
+    bar.close()
+    writer.write_manifest({"num_samples": writer.num_written, "max_sequence_length": teacher.max_sequence_length,
+                           "source": f"distilled student, {nfe} NFE", "seed": seed,
+                           "negative_prompt": teacher.negative_prompt})
+    return {"num_samples": writer.num_written, "resumed_from": first}
+
+
 def mixed_batches(main: ShardReader, replay: ShardReader | None, batch_size: int, replay_size: int, seed: int,
                   start: int = 0) -> Iterator[Batch]:
     """Batches of `batch_size − replay_size` samples of `main` plus `replay_size` of `replay`; `start` (a

@@ -30,13 +30,13 @@ import torch
 import torch.distributed as dist
 
 from anyflow.flowmap import AverageVelocityFn, VelocityFn, flowmap_step
+from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.lora import LoraSpec, attach_lora, load_lora, lora_parameters, save_lora
 from anyflow.schedule import shift_sigma, time_grid
 from anyflow.shards import ShardReader
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import average_velocity, student_from_teacher
 from anyflow.teacher import teacher_velocity
-from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, Update, train_updates
 from anyflow.wan import Teacher
 
@@ -184,6 +184,7 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
     updates = [Update("stage2", student, gen_params, generator_step, lr=generator_lr, betas=betas,
                       grad_clip=loop.grad_clip, every=spec.generator_every, ema=True),
                Update("critic", critic, critic_params, critic_step, lr=critic_lr, betas=betas, grad_clip=loop.grad_clip)]
+
     def after_step(done: int) -> None:
         if preview is not None and preview_every > 0 and (done % preview_every == 0 or done == loop.num_steps):
             was_training = student.training

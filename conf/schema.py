@@ -173,7 +173,10 @@ class FinetuneConfig(Section):
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = Field(50, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-    replay_fraction: float = Field(0.0, ge=0, lt=1)     # share of each batch drawn from the base-domain shards
+    replay_fraction: float = Field(0.0, ge=0, lt=1)     # share of each batch replayed from the base domain
+    replay_source: Literal["student", "data"] = "student"  # the distilled student's samples, or the synthesis shards
+    replay_nfe: int = Field(4, ge=1)                    # student replay: its samples at this many steps
+    replay_samples: int = Field(1024, ge=1)             # student replay: how many
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(100, ge=1)

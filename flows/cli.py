@@ -94,7 +94,7 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
         else:
             handles["downstream_data"] = external_shards(cfg.finetune.domain)
         chain += (("finetune", lambda h: finetune_key(cfg, h["teacher"], h["stage2"], h["downstream_data"],
-                                                      h["synthesis"])),
+                                                      h["synthesis"], h["export"])),
                   ("finetune_eval", lambda h: finetune_eval_key(cfg, h["teacher"], h["export"], h["finetune"])))
     for stage, key_fn in chain:     # keys chain through upstream keys, so the plan needs no artifacts
         key = key_fn(handles)

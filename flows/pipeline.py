@@ -109,8 +109,8 @@ def _finetune(cfg, parent: str, summary: dict, t: StageHandle, base: StageHandle
                       teacher=t)
     else:
         data = external_shards(cfg.finetune.domain)
-    ft = _stage(finetune, cfg, finetune_key(cfg, t, distilled, data, base), finetune_params(cfg), parent, summary,
-                teacher=t, student=distilled, data=data, base=base)
+    ft = _stage(finetune, cfg, finetune_key(cfg, t, distilled, data, base, exported), finetune_params(cfg), parent,
+                summary, teacher=t, student=distilled, data=data, base=base, exported=exported)
     fe = _stage(finetune_eval, cfg, finetune_eval_key(cfg, t, exported, ft), finetune_eval_params(cfg), parent,
                 summary, teacher=t, before=exported, after=ft)
     summary["finetuned_model"] = str(Path(ft.path) / ft.summary["model"])

@@ -14,9 +14,10 @@ from prefect import task
 
 from anyflow import toyworld
 from anyflow.downstream import (before_after_summary, compare_before_after, downstream_scores, finetune_student,
-                                plot_before_after, render_downstream_shards)
+                                plot_before_after, render_downstream_shards, student_replay_shards)
 from anyflow.export import load_student
 from anyflow.media import contact_sheet
+from anyflow.prompts import load_prompts
 from anyflow.shards import ShardReader
 from anyflow.toybuild import toy_world_of
 from anyflow.training import LoopSpec
@@ -79,24 +80,35 @@ def finetune_params(cfg: PipelineConfig) -> dict:
 
 
 def finetune_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle, data: StageHandle,
-                 base: StageHandle) -> str:
-    replay = (base.key,) if cfg.finetune.replay_fraction > 0 else ()
+                 base: StageHandle, exported: StageHandle) -> str:
+    f = cfg.finetune
+    replay = () if f.replay_fraction == 0 else (exported.key,) if f.replay_source == "student" else (base.key,)
     return stage_key("finetune", {**finetune_params(cfg), "negative_prompt": cfg.teacher.negative_prompt},
                      (teacher.key, student.key, data.key) + replay)
 
 
 def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle, data: StageHandle,
-                 base: StageHandle, parent_run_id: str | None = None, progress: bool = True) -> StageHandle:
+                 base: StageHandle, exported: StageHandle, parent_run_id: str | None = None,
+                 progress: bool = True) -> StageHandle:
+    """`student`: the distilled student's training stage (its LoRA is continued); `exported`: the same student
+    exported (it samples the replay data); `base`: the synthesis shards (replay_source: data)."""
     f = cfg.finetune
 
     def build(out: Path, ctx: StageContext) -> dict:
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
+        replay_dir = base.path
+        if f.replay_fraction > 0 and f.replay_source == "student":
+            world = toy_world_of(teacher.path) if cfg.teacher.source == "toy" else None
+            prompts = load_prompts(cfg.synthesis.prompts, f.replay_samples, f.seed + 1, world)
+            student_replay_shards(load_student(Path(exported.path) / exported.summary["model"]), model, prompts,
+                                  out / "replay", nfe=f.replay_nfe, seed=f.seed + 1, progress=progress)
+            replay_dir = out / "replay"
         loop = LoopSpec(num_steps=f.num_steps, lr=f.lr, betas=tuple(f.betas), warmup_steps=f.warmup_steps,
                         grad_clip=f.grad_clip, ema_decay=f.ema_decay, ema_start_step=f.ema_start_step,
                         checkpoint_every=f.checkpoint_every, seed=f.seed, name="finetune")
         _, summary = finetune_student(model, Path(student.path) / student.summary["lora"], data.path, out,
                                       loss=loss_spec(cfg), loop=loop, batch_size=f.batch_size,
-                                      gate_value=cfg.stage1.gate_value, replay_dir=base.path,
+                                      gate_value=cfg.stage1.gate_value, replay_dir=replay_dir,
                                       replay_fraction=f.replay_fraction, log=ctx.log, progress=progress)
         summary.pop("losses")
         folder = export_lora_student(cfg, teacher, out / "lora.safetensors", out / "model",
@@ -105,14 +117,14 @@ def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle
         ctx.log_artifact(folder / "anyflow_export.json")
         return {**summary, "lora": "lora.safetensors", "model": folder.name}
 
-    return run_stage(cfg, "finetune", finetune_key(cfg, teacher, student, data, base), finetune_params(cfg),
+    return run_stage(cfg, "finetune", finetune_key(cfg, teacher, student, data, base, exported), finetune_params(cfg),
                      parent_run_id, build, resumable=True)
 
 
 @task(name="finetune", cache_key_fn=prefect_cache_key("finetune", finetune_key), persist_result=True)
 def finetune(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandle, student: StageHandle,
-             data: StageHandle, base: StageHandle) -> StageHandle:
-    return run_finetune(cfg, teacher, student, data, base, parent_run_id)
+             data: StageHandle, base: StageHandle, exported: StageHandle) -> StageHandle:
+    return run_finetune(cfg, teacher, student, data, base, exported, parent_run_id)
 
 
 # -------------------------------------------------------------------------------------- finetune_eval

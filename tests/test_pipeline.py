@@ -46,6 +46,9 @@ def test_first_run_builds_every_stage(twice):
     assert not any(info["cache_hit"] for info in first["stages"].values())
     assert Path(first["exported_model"], "model_index.json").is_file()
     assert Path(first["finetuned_model"], "model_index.json").is_file()
+    from anyflow.shards import ShardReader
+    replay = ShardReader(Path(first["stages"]["finetune"]["path"], "replay"))   # the distilled student's samples
+    assert replay.num_samples == 8 and first["stages"]["finetune"]["replay_per_batch"] == 2
     ft = first["finetune"]
     assert 0 <= ft["downstream_before"] <= 1 and 0 <= ft["downstream_after"] <= 1 and ft["real_downstream_score"] > 0.9
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from anyflow import toyworld
 from anyflow.export import Student
 from anyflow.lora import LoraSpec, load_lora, lora_parameters, save_lora
-from anyflow.shards import Batch, ShardReader, ShardWriter
+from anyflow.shards import Batch, ShardReader, ShardWriter, open_shards
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import student_from_teacher
 from anyflow.toyparser import parse_batch
@@ -131,12 +131,9 @@ def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str |
     student.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    reader = ShardReader(data_dir)
-    replay = ShardReader(replay_dir) if replay_dir is not None and replay_fraction > 0 else None
-    for r in (reader, replay):
-        if r is not None and r.max_sequence_length != teacher.max_sequence_length:
-            raise ValueError(f"{r.dir}: shards padded to {r.max_sequence_length} tokens, teacher uses "
-                             f"{teacher.max_sequence_length}")
+    reader = open_shards(data_dir, teacher.max_sequence_length)
+    replay = open_shards(replay_dir, teacher.max_sequence_length) \
+        if replay_dir is not None and replay_fraction > 0 else None
     replay_size = round(replay_fraction * batch_size) if replay is not None else 0
     uncond = teacher.uncond_embedding()
 

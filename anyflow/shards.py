@@ -228,3 +228,12 @@ class ShardReader:
         return Batch(latents=latents.permute(0, 2, 1, 3, 4).contiguous(),
                      prompt_embeds=torch.stack([self._pad(s["prompt_embeds.npy"]) for s in items]),
                      prompts=[s["prompt.txt"] for s in items], position=position)
+
+
+def open_shards(data_dir: str | Path, max_sequence_length: int) -> ShardReader:
+    """A verified reader for training a model whose prompt embeddings are padded to `max_sequence_length`."""
+    reader = ShardReader(data_dir)
+    if reader.max_sequence_length != max_sequence_length:
+        raise ShardError(f"{data_dir}: shards padded to {reader.max_sequence_length} tokens, the model uses "
+                         f"{max_sequence_length}")
+    return reader

@@ -29,7 +29,7 @@ from accelerate import Accelerator
 
 from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
-from anyflow.shards import ShardReader
+from anyflow.shards import open_shards
 from anyflow.student import average_velocity, student_from_teacher
 from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
@@ -138,10 +138,7 @@ def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: Lo
     params = attach_lora(student, lora)
     if gradient_checkpointing:
         enable_gradient_checkpointing(student)
-    reader = ShardReader(data_dir)
-    if reader.max_sequence_length != teacher.max_sequence_length:
-        raise ValueError(f"{data_dir}: shards padded to {reader.max_sequence_length} tokens, teacher uses "
-                         f"{teacher.max_sequence_length}")
+    reader = open_shards(data_dir, teacher.max_sequence_length)
     uncond = teacher.uncond_embedding()
 
     def gather(x: torch.Tensor) -> torch.Tensor:

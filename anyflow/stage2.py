@@ -33,7 +33,7 @@ from anyflow.flowmap import AverageVelocityFn, VelocityFn, flowmap_step
 from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.lora import LoraSpec, attach_lora, load_lora, lora_parameters, save_lora
 from anyflow.schedule import shift_sigma, time_grid
-from anyflow.shards import ShardReader
+from anyflow.shards import open_shards
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import average_velocity, student_from_teacher
 from anyflow.teacher import teacher_velocity
@@ -154,7 +154,7 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
     if gradient_checkpointing:
         enable_gradient_checkpointing(student)
         enable_gradient_checkpointing(critic)
-    reader = ShardReader(data_dir)
+    reader = open_shards(data_dir, teacher.max_sequence_length)
     uncond = teacher.uncond_embedding()
     unc = lambda n: uncond.expand(n, -1, -1)
 

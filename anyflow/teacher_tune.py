@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from anyflow.lora import LoraSpec, attach_lora, load_lora, merge_lora, save_lora
-from anyflow.shards import ShardReader
+from anyflow.shards import open_shards
 from anyflow.teacher import flow_matching_loss, sample_sigma
 from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
@@ -50,10 +50,7 @@ def tune_teacher(teacher: Teacher, data_dir: str | Path, out_dir: str | Path, *,
     params = attach_lora(model, lora)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    reader = ShardReader(data_dir)
-    if reader.max_sequence_length != teacher.max_sequence_length:
-        raise ValueError(f"{data_dir}: shards padded to {reader.max_sequence_length} tokens, teacher uses "
-                         f"{teacher.max_sequence_length}")
+    reader = open_shards(data_dir, teacher.max_sequence_length)
     uncond = teacher.uncond_embedding()
 
     def step(m, batch, generator):

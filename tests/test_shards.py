@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from anyflow.shards import LEDGER, MANIFEST, ShardError, ShardReader, ShardWriter
+from anyflow.shards import LEDGER, MANIFEST, ShardError, ShardReader, ShardWriter, open_shards
 
 
 def samples(lo, hi, seq=3):
@@ -93,3 +93,10 @@ def test_missing_truncated_tampered_and_corrupt_shards_are_named(tmp_path):
     (tmp_path / MANIFEST).write_bytes(b"not parquet")
     with pytest.raises(ShardError, match="unreadable manifest"):
         ShardReader(tmp_path)
+
+
+def test_open_shards_names_a_text_length_mismatch(tmp_path):
+    write(tmp_path)
+    assert open_shards(tmp_path, 12).num_samples == 20
+    with pytest.raises(ShardError, match=f"{tmp_path}: shards padded to 12 tokens, the model uses 512"):
+        open_shards(tmp_path, 512)

@@ -17,7 +17,7 @@ DownstreamBench (toy world, rule-based like ToyBench, per video in [0, 1]):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from anyflow import toyworld
 from anyflow.export import Student
 from anyflow.lora import LoraSpec, load_lora, lora_parameters, save_lora
-from anyflow.shards import Batch, ShardReader, ShardWriter, open_shards
+from anyflow.media import save_figure
+from anyflow.shards import Batch, ShardReader, ShardWriter, open_shards, real_rows
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import student_from_teacher
 from anyflow.toyparser import parse_batch
@@ -41,34 +42,47 @@ _START_GRID_PX = 0.25
 
 # ---------------------------------------------------------------------------------------------- data
 
+def _write_shards(out_dir: str | Path, num: int, make: Callable[[int, int], list[dict]], manifest: dict, *,
+                  samples_per_shard: int, batch_size: int, desc: str, progress: bool) -> dict:
+    """Synthesis-format shards of samples [0, num), `make(lo, hi)` producing the items of one batch; resumes after
+    the shards already written (the ledger), so a rerun writes exactly what an uninterrupted one would."""
+    writer = ShardWriter(out_dir, samples_per_shard)
+    first = writer.num_written
+    bar = tqdm(total=num, initial=first, desc=desc, disable=not progress, unit="sample")
+    for lo in range(first, num, samples_per_shard):
+        hi = min(lo + samples_per_shard, num)
+        pending = []
+        for b in range(lo, hi, batch_size):
+            pending += make(b, min(b + batch_size, hi))
+            bar.update(min(b + batch_size, hi) - b)
+        writer.write_shard(pending)
+    bar.close()
+    writer.write_manifest({"num_samples": writer.num_written, **manifest})
+    return {"num_samples": writer.num_written, "num_shards": len(writer.shards), "resumed_from": first}
+
+
 def render_downstream_shards(teacher: Teacher, world: toyworld.WorldSpec, out_dir: str | Path, *, num_samples: int,
                              seed: int, samples_per_shard: int = 256, batch_size: int = 64,
                              progress: bool = True) -> dict:
     """Render `num_samples` downstream-domain videos, encode them with the teacher's VAE and text encoder and
     write synthesis-format shards (resuming after the shards already written)."""
     conds = toyworld.sample_conditions(num_samples, seed, "downstream", world)
-    writer = ShardWriter(out_dir, samples_per_shard)
-    first = writer.num_written
-    bar = tqdm(total=num_samples, initial=first, desc="downstream data", disable=not progress, unit="video")
-    for lo in range(first, num_samples, samples_per_shard):
-        pending = []
-        for b in range(lo, min(lo + samples_per_shard, num_samples), batch_size):
-            part = conds[b:min(b + batch_size, lo + samples_per_shard, num_samples)]
-            pixels = torch.from_numpy(toyworld.render_batch(part, world)).permute(0, 4, 1, 2, 3) * 2 - 1
-            latents = teacher.encode_video(pixels)
-            embeds = teacher.encode_prompts([c.prompt for c in part])
-            for i, (cond, lat, emb) in enumerate(zip(part, latents, embeds), start=b):
-                real = emb[: int((emb.abs().amax(dim=-1) > 0).sum())].numpy()
-                pending.append({"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).numpy(), "prompt_embeds": real,
-                                "prompt": cond.prompt, "meta": {"index": i, "domain": "downstream",
-                                                                "start": list(cond.start)}})
-            bar.update(len(part))
-        writer.write_shard(pending)
-    bar.close()
-    writer.write_manifest({"num_samples": writer.num_written, "max_sequence_length": teacher.max_sequence_length,
-                           "source": "toy downstream renders", "seed": seed, "negative_prompt": teacher.negative_prompt,
-                           "video": {"height": world.height, "width": world.width, "num_frames": world.num_frames}})
-    return {"num_samples": writer.num_written, "num_shards": len(writer.shards), "resumed_from": first}
+
+    def make(lo: int, hi: int) -> list[dict]:
+        part = conds[lo:hi]
+        pixels = torch.from_numpy(toyworld.render_batch(part, world)).permute(0, 4, 1, 2, 3) * 2 - 1
+        latents = teacher.encode_video(pixels)
+        rows = real_rows(teacher.encode_prompts([c.prompt for c in part]))
+        return [{"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).numpy(), "prompt_embeds": emb,
+                 "prompt": cond.prompt, "meta": {"index": i, "domain": "downstream", "start": list(cond.start)}}
+                for i, (cond, lat, emb) in enumerate(zip(part, latents, rows), start=lo)]
+
+    return _write_shards(out_dir, num_samples, make,
+                         {"max_sequence_length": teacher.max_sequence_length, "source": "toy downstream renders",
+                          "seed": seed, "negative_prompt": teacher.negative_prompt,
+                          "video": {"height": world.height, "width": world.width, "num_frames": world.num_frames}},
+                         samples_per_shard=samples_per_shard, batch_size=batch_size, desc="downstream data",
+                         progress=progress)
 
 
 def student_replay_shards(student: Student, teacher: Teacher, prompts: list[str], out_dir: str | Path, *, nfe: int,
@@ -76,27 +90,19 @@ def student_replay_shards(student: Student, teacher: Teacher, prompts: list[str]
     """Replay data that keeps what distillation achieved: the distilled student's own `nfe`-step samples for
     base-domain `prompts`, as synthesis-format shards (resumable). Replaying the teacher's data instead pulls
     the student back toward the teacher's quality (the stage-1 level), since the flow-map loss fits its data."""
-    writer = ShardWriter(out_dir, samples_per_shard)
-    first = writer.num_written
-    bar = tqdm(total=len(prompts), initial=first, desc="replay samples", disable=not progress, unit="sample")
-    for lo in range(first, len(prompts), samples_per_shard):
-        pending = []
-        for b in range(lo, min(lo + samples_per_shard, len(prompts)), batch_size):
-            part = prompts[b:min(b + batch_size, lo + samples_per_shard, len(prompts))]
-            latents = student.generate(part, nfe=nfe, seed=seed + b, batch_size=batch_size, output_type="latent")
-            embeds = teacher.encode_prompts(part)
-            for i, (prompt, lat, emb) in enumerate(zip(part, latents, embeds), start=b):
-                real = emb[: int((emb.abs().amax(dim=-1) > 0).sum())].numpy()
-                pending.append({"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).float().numpy(),
-                                "prompt_embeds": real, "prompt": prompt,
-                                "meta": {"index": i, "seed": seed + i, "nfe": nfe, "source": "distilled student"}})
-            bar.update(len(part))
-        writer.write_shard(pending)
-    bar.close()
-    writer.write_manifest({"num_samples": writer.num_written, "max_sequence_length": teacher.max_sequence_length,
-                           "source": f"distilled student, {nfe} NFE", "seed": seed,
-                           "negative_prompt": teacher.negative_prompt})
-    return {"num_samples": writer.num_written, "resumed_from": first}
+    def make(lo: int, hi: int) -> list[dict]:
+        part = prompts[lo:hi]
+        latents = student.generate(part, nfe=nfe, seed=seed + lo, batch_size=batch_size, output_type="latent")
+        rows = real_rows(teacher.encode_prompts(part))
+        return [{"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).float().numpy(), "prompt_embeds": emb,
+                 "prompt": prompt, "meta": {"index": i, "seed": seed + i, "nfe": nfe, "source": "distilled student"}}
+                for i, (prompt, lat, emb) in enumerate(zip(part, latents, rows), start=lo)]
+
+    return _write_shards(out_dir, len(prompts), make,
+                         {"max_sequence_length": teacher.max_sequence_length, "seed": seed,
+                          "source": f"distilled student, {nfe} NFE", "negative_prompt": teacher.negative_prompt},
+                         samples_per_shard=samples_per_shard, batch_size=batch_size, desc="replay samples",
+                         progress=progress)
 
 
 def mixed_batches(main: ShardReader, replay: ShardReader | None, batch_size: int, replay_size: int, seed: int,
@@ -215,7 +221,8 @@ def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, 
                          progress=lambda msg: None) -> tuple[list[dict], dict]:
     """Score exported students (e.g. {"before": …, "after": …}) with common random numbers: DownstreamBench on
     downstream prompts at `nfes`, ToyBench Total on base-domain prompts at `base_nfes` (did it forget?).
-    Returns (rows, {(domain, model, nfe): per-video headline array, and "videos": {...}})."""
+    Returns (rows, {"per_video": {(domain, model, nfe): per-video headline}, "videos": {...}, "conditions": the
+    downstream prompts' conditions, "real_downstream_score": real renders of them scored the same way})."""
     from anyflow import toybench
 
     down = toyworld.sample_conditions(num_prompts, seed, "downstream", world)
@@ -237,7 +244,8 @@ def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, 
             rows.append({"domain": "base", "model": name, "nfe": nfe, "total": metrics["total"],
                          "quality": metrics["quality"], "semantic": metrics["semantic"]})
             per_video[("base", name, nfe)] = totals
-    return rows, {"per_video": per_video, "videos": videos}
+    real = float(downstream_scores(toyworld.render_batch(down, world), down, world)["score"].mean())
+    return rows, {"per_video": per_video, "videos": videos, "conditions": down, "real_downstream_score": real}
 
 
 def plot_before_after(rows: list[dict], path: str | Path, real_score: float | None = None) -> Path:
@@ -246,8 +254,6 @@ def plot_before_after(rows: list[dict], path: str | Path, real_score: float | No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from anyflow.checkpoint import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name in dict.fromkeys(r["model"] for r in rows if r["domain"] == "downstream"):
@@ -263,11 +269,7 @@ def plot_before_after(rows: list[dict], path: str | Path, real_score: float | No
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def before_after_summary(rows: list[dict], per_video: dict, seed: int = 0) -> dict:

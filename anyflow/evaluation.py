@@ -19,6 +19,7 @@ import torch
 
 from anyflow import toybench, toyworld
 from anyflow.flowmap import classifier_free_guidance, sample_euler, sample_flow_map
+from anyflow.media import save_figure
 from anyflow.student import average_velocity
 from anyflow.teacher import teacher_velocity
 from anyflow.wan import Teacher
@@ -164,6 +165,4 @@ def plot_sweep(rows: list[dict], path, title: str = "ToyBench Total vs NFE (not 
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -52,3 +52,14 @@ def contact_sheet(rows: Mapping[str, np.ndarray], path: str | Path, columns: Seq
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return Path(path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write atomically as PNG and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

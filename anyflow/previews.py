@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from anyflow.checkpoint import atomic_path
 from anyflow.evaluation import initial_noise, run_sampler, student_sampler
-from anyflow.media import contact_sheet
+from anyflow.media import contact_sheet, save_figure
 from anyflow.wan import Teacher
 
 
@@ -46,8 +45,4 @@ def plot_budgets(draws: Sequence[tuple[int, int]], path: str | Path) -> Path:
     right.set_xlabel("trained step position k / s")
     right.set_title("k within the rollout", fontsize=9)
     right.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)

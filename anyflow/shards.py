@@ -237,3 +237,9 @@ def open_shards(data_dir: str | Path, max_sequence_length: int) -> ShardReader:
         raise ShardError(f"{data_dir}: shards padded to {reader.max_sequence_length} tokens, the model uses "
                          f"{max_sequence_length}")
     return reader
+
+
+def real_rows(embeds: torch.Tensor) -> list[np.ndarray]:
+    """Strip the Wan zero padding: each prompt's real-token rows [n_i, D] (readers pad them back)."""
+    n_real = (embeds.abs().amax(dim=-1) > 0).sum(dim=1)
+    return [e[:n].numpy() for e, n in zip(embeds, n_real.tolist())]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anyflow.shards import ShardInfo, ShardWriter
+from anyflow.shards import ShardInfo, ShardWriter, real_rows
 from anyflow.textpad import collapse_padding, collapsed_text
 from anyflow.wan import Teacher, VideoSize
 
@@ -57,12 +57,6 @@ def teacher_latents(teacher: Teacher, embeds: torch.Tensor, uncond: torch.Tensor
                             guidance_scale=guidance_scale, generator=gens, output_type="latent").frames.float()
 
 
-def _real_rows(embeds: torch.Tensor) -> list[np.ndarray]:
-    """Strip the Wan zero padding: each prompt's real-token rows (the reader pads them back)."""
-    n_real = (embeds.abs().amax(dim=-1) > 0).sum(dim=1)
-    return [e[:n].numpy() for e, n in zip(embeds, n_real.tolist())]
-
-
 def synthesize(teacher: Teacher, prompts: list[str], out_dir: str | Path, *, num_inference_steps: int,
                guidance_scale: float, batch_size: int, samples_per_shard: int, seed: int, video: VideoSize,
                latent_dtype: str = "float32", settings: Mapping | None = None, log: LogFn = lambda m, s: None,
@@ -86,7 +80,7 @@ def synthesize(teacher: Teacher, prompts: list[str], out_dir: str | Path, *, num
             embeds = teacher.encode_prompts([prompts[i] for i in idx])
             latents = teacher_latents(teacher, embeds, uncond, [seed + i for i in idx], video,
                                       num_inference_steps, guidance_scale)
-            for i, lat, rows in zip(idx, latents, _real_rows(embeds)):
+            for i, lat, rows in zip(idx, latents, real_rows(embeds)):
                 frame_major = lat.permute(1, 0, 2, 3).numpy().astype(latent_dtype)
                 pending.append({"key": f"{i:08d}", "latents": frame_major, "prompt_embeds": rows,
                                 "prompt": prompts[i],

@@ -12,21 +12,19 @@ from pathlib import Path
 
 from prefect import task
 
-from anyflow import toyworld
-from anyflow.downstream import (before_after_summary, compare_before_after, downstream_scores, finetune_student,
-                                plot_before_after, render_downstream_shards, student_replay_shards)
+from anyflow.downstream import (before_after_summary, compare_before_after, finetune_student, plot_before_after,
+                                render_downstream_shards, student_replay_shards)
 from anyflow.export import load_student
 from anyflow.media import contact_sheet
 from anyflow.prompts import load_prompts
 from anyflow.shards import ShardReader
 from anyflow.toybuild import toy_world_of
-from anyflow.training import LoopSpec
 from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, folder_fingerprint, stage_key, write_json_atomic
 from tasks.export import export_lora_student
 from tasks.stage1 import loss_spec
-from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 EVAL_ONLY = ("nfe_list", "base_nfe_list", "num_eval_prompts")
 
@@ -103,9 +101,7 @@ def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle
             student_replay_shards(load_student(Path(exported.path) / exported.summary["model"]), model, prompts,
                                   out / "replay", nfe=f.replay_nfe, seed=f.seed + 1, progress=progress)
             replay_dir = out / "replay"
-        loop = LoopSpec(num_steps=f.num_steps, lr=f.lr, betas=tuple(f.betas), warmup_steps=f.warmup_steps,
-                        grad_clip=f.grad_clip, ema_decay=f.ema_decay, ema_start_step=f.ema_start_step,
-                        checkpoint_every=f.checkpoint_every, seed=f.seed, name="finetune")
+        loop = loop_spec(f, "finetune")
         _, summary = finetune_student(model, Path(student.path) / student.summary["lora"], data.path, out,
                                       loss=loss_spec(cfg), loop=loop, batch_size=f.batch_size,
                                       gate_value=cfg.stage1.gate_value, replay_dir=replay_dir,
@@ -153,8 +149,7 @@ def run_finetune_eval(cfg: PipelineConfig, teacher: StageHandle, before: StageHa
         rows, extra = compare_before_after(models, world, tuple(p["nfe_list"]), p["num_eval_prompts"], p["seed"],
                                            tuple(p["base_nfe_list"]),
                                            progress=lambda msg: print(f"[finetune_eval] {msg}", flush=True))
-        conds = toyworld.sample_conditions(p["num_eval_prompts"], p["seed"], "downstream", world)
-        real = float(downstream_scores(toyworld.render_batch(conds, world), conds, world)["score"].mean())
+        conds, real = extra["conditions"], extra["real_downstream_score"]
         summary = {"real_downstream_score": real, **before_after_summary(rows, extra["per_video"], p["seed"])}
         base4 = summary["base"].get("4")
         for r in rows:

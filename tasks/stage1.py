@@ -16,7 +16,7 @@ from anyflow.training import LoopSpec
 from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
-from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 
 # Settings that change how a stage computes, not what it computes: logged, but not part of the cache key.
@@ -43,11 +43,8 @@ def loss_spec(cfg: PipelineConfig) -> FlowMapLossSpec:
                            adaptive_c=s.adaptive_c, shift=s.shift, text_dropout=s.text_dropout)
 
 
-def loop_spec(cfg: PipelineConfig) -> LoopSpec:
-    s = cfg.stage1
-    return LoopSpec(num_steps=s.num_steps, lr=s.lr, betas=tuple(s.betas), weight_decay=s.weight_decay,
-                    warmup_steps=s.warmup_steps, grad_clip=s.grad_clip, ema_decay=s.ema_decay,
-                    ema_start_step=s.ema_start_step, checkpoint_every=s.checkpoint_every, seed=s.seed, name="stage1")
+def stage1_loop(cfg: PipelineConfig) -> LoopSpec:
+    return loop_spec(cfg.stage1, "stage1")
 
 
 def run_stage1(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, parent_run_id: str | None = None,
@@ -58,7 +55,7 @@ def run_stage1(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, par
         else:
             model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
             _, summary = train_stage1(model, data.path, out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
-                                      loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
+                                      loop=stage1_loop(cfg), batch_size=cfg.stage1.batch_size,
                                       gate_value=cfg.stage1.gate_value, log=ctx.log, progress=progress,
                                       gradient_checkpointing=cfg.stage1.gradient_checkpointing)
         losses = summary.pop("losses")

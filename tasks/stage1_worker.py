@@ -18,7 +18,7 @@ from anyflow.lora import lora_parameters
 from anyflow.stage1 import train_stage1
 from anyflow.wan import load_teacher
 from conf import validate
-from tasks.stage1 import loop_spec, loss_spec
+from tasks.stage1 import loss_spec, stage1_loop
 
 
 def main(job_path: str) -> None:
@@ -28,7 +28,7 @@ def main(job_path: str) -> None:
     metrics = []
     teacher = load_teacher(job["teacher"], negative_prompt=cfg.teacher.negative_prompt)
     student, summary = train_stage1(teacher, job["data"], out, lora=cfg.stage1.lora, loss=loss_spec(cfg),
-                                    loop=loop_spec(cfg), batch_size=cfg.stage1.batch_size,
+                                    loop=stage1_loop(cfg), batch_size=cfg.stage1.batch_size,
                                     gate_value=cfg.stage1.gate_value,
                                     log=lambda m, s: metrics.append({"step": s, **m}), progress=False,
                                     gradient_checkpointing=cfg.stage1.gradient_checkpointing)

@@ -16,12 +16,11 @@ from anyflow.shards import ShardReader
 from anyflow.stage2 import Stage2Spec, train_stage2
 from anyflow.teacher_tune import tuned_transformer
 from anyflow.toybuild import toy_world_of
-from anyflow.training import LoopSpec
 from anyflow.wan import Teacher, load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
 from tasks.stage1 import EXECUTION_ONLY, loss_spec
-from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 
 # previews are looked at, not learned from: they never change the stage's result
@@ -77,9 +76,7 @@ def run_stage2(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, stu
         spec = Stage2Spec(rollout_budgets=tuple(c.rollout_budgets), real_guidance_scale=c.real_guidance_scale,
                           dmd_weight=c.dmd_weight, flowmap_weight=c.flowmap_weight,
                           generator_every=c.critic_updates_per_generator_update, shift=cfg.stage1.shift)
-        loop = LoopSpec(num_steps=c.num_steps, lr=c.lr, betas=tuple(c.betas), grad_clip=c.grad_clip,
-                        ema_decay=c.ema_decay, ema_start_step=c.ema_start_step, checkpoint_every=c.checkpoint_every,
-                        seed=c.seed, name="stage2")
+        loop = loop_spec(c, "stage2")
         _, summary = train_stage2(model, Path(student.path) / student.summary["lora"], data.path, out,
                                   critic_lora=c.critic_lora, loss=loss_spec(cfg), spec=spec, loop=loop,
                                   generator_lr=c.lr, critic_lr=c.critic_lr, betas=tuple(c.betas),

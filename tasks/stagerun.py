@@ -11,12 +11,13 @@ that built it, so the MLflow view of every invocation is complete.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
 
+from anyflow.training import LoopSpec
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, build_stage, code_version, read_manifest, stage_dir
 from tasks.tracking import MetricLogger, Tracker, flatten
@@ -94,3 +95,10 @@ def for_run(stage_task: Task, cfg: PipelineConfig, complete: bool) -> Task:
     re-runs) when the artifact it would return is not complete on disk."""
     return stage_task.with_options(result_storage=Path(cfg.paths.root).resolve() / "prefect-results",
                                    refresh_cache=not complete)
+
+
+def loop_spec(section: Any, name: str) -> LoopSpec:
+    """The shared loop's settings from a training section of the config (stage 1, stage 2, teacher tuning,
+    fine-tuning): every LoopSpec field the section has; the LoopSpec default for the rest."""
+    values = {f.name: getattr(section, f.name) for f in fields(LoopSpec) if f.name != "name" and hasattr(section, f.name)}
+    return LoopSpec(**{**values, "betas": tuple(section.betas)}, name=name)

@@ -9,12 +9,11 @@ from pathlib import Path
 from prefect import task
 
 from anyflow.teacher_tune import TeacherTuneSpec, tune_teacher
-from anyflow.training import LoopSpec
 from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
 from tasks.stage1 import EXECUTION_ONLY
-from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 
 def teacher_tune_params(cfg: PipelineConfig) -> dict:
@@ -33,10 +32,7 @@ def run_teacher_tune(cfg: PipelineConfig, teacher: StageHandle, data: StageHandl
 
     def build(out: Path, ctx: StageContext) -> dict:
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
-        loop = LoopSpec(num_steps=c.num_steps, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay,
-                        warmup_steps=c.warmup_steps, grad_clip=c.grad_clip, ema_decay=c.ema_decay,
-                        ema_start_step=c.ema_start_step, checkpoint_every=c.checkpoint_every, seed=c.seed,
-                        name="teacher_tune")
+        loop = loop_spec(c, "teacher_tune")
         spec = TeacherTuneSpec(shift=c.shift, text_dropout=c.text_dropout)
         _, summary = tune_teacher(model, data.path, out, lora=c.lora, spec=spec, loop=loop, batch_size=c.batch_size,
                                   log=ctx.log, progress=progress, gradient_checkpointing=c.gradient_checkpointing)

@@ -30,7 +30,7 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
 
     from anyflow.stage1 import train_stage1
     from anyflow.wan import load_teacher
-    from tasks.stage1 import _launch, loop_spec, loss_spec
+    from tasks.stage1 import _launch, loss_spec, stage1_loop
 
     steps = ["stage1.num_steps=16", "stage1.checkpoint_every=8", "stage1.lora.rank=4", "stage1.lora.alpha=4"]
     two = conf.load("ci", [*steps, "stage1.batch_size=4", "stage1.num_processes=2"])
@@ -43,7 +43,7 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
     assert [s for s, _ in logged] == list(range(16)) and (tmp_path / "two" / "lora.safetensors").is_file()
 
     _, summary1 = train_stage1(load_teacher(random_wan_folder), data, tmp_path / "one", lora=one.stage1.lora,
-                               loss=loss_spec(one), loop=loop_spec(one), batch_size=8,
+                               loss=loss_spec(one), loop=stage1_loop(one), batch_size=8,
                                gate_value=one.stage1.gate_value, progress=False)
     l1, l2 = np.array(summary1["losses"]), np.array(summary2["losses"])
     assert summary1["num_processes"] == 1 and len(l1) == len(l2) == 16

@@ -67,3 +67,13 @@ def test_only_lora_moves_and_ema_is_applied(shards, tmp_path):
     assert any(p.abs().sum() > 0 for n, p in after.items() if ".lora_B." in n)
     assert summary["steps"] == 6 and len(log) == 6 and np.isfinite(summary["final_loss"])
     assert sorted(p.name for p in (tmp_path / "c").glob("step-*")) == ["step-0000004", "step-0000006"]
+
+
+def test_loop_spec_takes_every_field_a_config_section_has():
+    import conf
+    from tasks.stagerun import loop_spec
+
+    cfg = conf.load("ci", ["stage1.weight_decay=0.01", "stage2.lr=3e-6"])
+    s1, s2 = loop_spec(cfg.stage1, "stage1"), loop_spec(cfg.stage2, "stage2")
+    assert (s1.num_steps, s1.weight_decay, s1.warmup_steps, s1.betas, s1.name) == (10, 0.01, 2, (0.9, 0.95), "stage1")
+    assert (s2.lr, s2.betas, s2.warmup_steps, s2.weight_decay, s2.checkpoint_every) == (3e-6, (0.0, 0.999), 0, 0.0, 2)

@@ -45,13 +45,15 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--num-prompts", type=int, default=128)
     ap.add_argument("--steps", default="50,8,4,2,1")
-    ap.add_argument("--guidance-scale", type=float, default=4.0)
+    ap.add_argument("--guidance-scale", type=float, help="default: the preset's synthesis.guidance_scale")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
     cfg = conf.load(args.preset, args.overrides)
+    if args.guidance_scale is None:
+        args.guidance_scale = cfg.synthesis.guidance_scale
     handle = build_teacher(cfg)
     spec = cfg.teacher.toy.world
     pipe = WanPipeline.from_pretrained(handle.path)

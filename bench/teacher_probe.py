@@ -16,15 +16,13 @@ import argparse
 
 import numpy as np
 import torch
-from diffusers import WanPipeline
 
-import anyflow  # noqa: F401  (registers the toy VAE class for from_pretrained)
 import conf
 from anyflow import toyworld
 from anyflow.teacher import teacher_velocity
-from anyflow.toybuild import encode_videos
 from anyflow.toyparser import parse_batch
-from anyflow.vae import vae_to_pixels
+from anyflow.vae import pixels_to_vae
+from anyflow.wan import load_teacher
 from tasks.teacher import build_teacher
 
 
@@ -40,15 +38,15 @@ def main() -> None:
     torch.set_num_threads(2)
 
     cfg = conf.load(args.preset, args.overrides)
-    w = args.guidance_scale or cfg.synthesis.guidance_scale
-    pipe = WanPipeline.from_pretrained(build_teacher(cfg).path)
-    vae, world = pipe.vae, cfg.teacher.toy.world
+    if args.guidance_scale is None:
+        args.guidance_scale = cfg.synthesis.guidance_scale
+    w = args.guidance_scale
+    teacher = load_teacher(build_teacher(cfg).path, cfg.teacher.negative_prompt)
+    world = cfg.teacher.toy.world
     conds = toyworld.sample_conditions(args.num_videos, args.seed, "base", world)
-    x0 = encode_videos(vae, toyworld.render_batch(conds, world))
-    cond, uncond = pipe.encode_prompt([c.prompt for c in conds], negative_prompt=[""] * len(conds),
-                                      do_classifier_free_guidance=True, max_sequence_length=512, device="cpu")
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    x0 = teacher.encode_video(pixels_to_vae(toyworld.render_batch(conds, world)))
+    cond = teacher.encode_prompts([c.prompt for c in conds])
+    uncond = teacher.uncond_embedding().expand(len(conds), -1, -1)
     gen = torch.Generator().manual_seed(args.seed)
 
     print(f"\n{args.num_videos} rendered videos, one-step x̂₀ from z_σ; parsed accuracy vs the prompt\n")
@@ -58,11 +56,11 @@ def main() -> None:
         z = (1 - sigma) * x0 + sigma * torch.randn(x0.shape, generator=gen)
         s = torch.full((len(conds),), sigma)
         with torch.no_grad():
-            v_c = teacher_velocity(pipe.transformer, z, s, cond)
-            v_u = teacher_velocity(pipe.transformer, z, s, uncond)
+            v_c = teacher_velocity(teacher.transformer, z, s, cond)
+            v_u = teacher_velocity(teacher.transformer, z, s, uncond)
         for name, v in (("cond", v_c), (f"CFG {w:g}", v_u + w * (v_c - v_u))):
             x_hat = z - sigma * v
-            parsed = parse_batch(vae_to_pixels(vae.decode(x_hat * std + mean, return_dict=False)[0]), world)
+            parsed = parse_batch(teacher.decode(x_hat), world)
             acc = {a: np.mean([getattr(p, a) == getattr(c, a) for c, p in zip(conds, parsed)])
                    for a in ("colour", "shape", "direction")}
             count = np.mean([p.count == 1 for p in parsed])

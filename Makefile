@@ -18,7 +18,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export PIP_DISABLE_PIP_VERSION_CHECK ?= 1
 
-.PHONY: run test setup clean-venv
+.PHONY: run test setup teacher-asset clean-venv
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Re-train the preset's toy teacher (or re-use its cached build) and pack it into assets/toy-teacher,
+# the prebuilt teacher that `make run` installs (needed after editing the teacher code or its config).
+teacher-asset: $(STAMP)
+	$(PY) -m flows teacher-asset --preset $(PRESET) $(foreach s,$(SET),--set $(s))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -4,7 +4,8 @@ a new dataset. The flow map is preserved, so the fine-tuned student keeps sampli
 Data: the toy world's downstream domain ("a red circle bouncing left on a black background": 4 px/frame,
 reflected at the walls, never seen by the base teacher), rendered and VAE-encoded into the same shards the
 synthesis stage writes, or any shard folder a user brings. Objective: the stage-1 loss (`flowmap_loss`),
-optionally replaying a fraction of base-domain shards in every batch against forgetting.
+optionally replaying a fraction of base-domain shards in every batch against forgetting, either through the
+same loss or through the anchor (`anchor_loss`), which keeps the distilled student's own few-step map.
 
 DownstreamBench (toy world, rule-based like ToyBench, per video in [0, 1]):
   motion   exp(−RMS / 2 px) of the parsed centroid track against the best-fitting bouncing trajectory
@@ -17,6 +18,7 @@ DownstreamBench (toy world, rule-based like ToyBench, per video in [0, 1]):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,11 +28,13 @@ from tqdm.auto import tqdm
 
 from anyflow import toyworld
 from anyflow.export import Student
+from anyflow.flowmap import flowmap_step
 from anyflow.lora import LoraSpec, load_lora, lora_parameters, save_lora
 from anyflow.media import save_figure
 from anyflow.shards import Batch, ShardReader, ShardWriter, open_shards, real_rows
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
-from anyflow.student import student_from_teacher
+from anyflow.schedule import time_grid
+from anyflow.student import average_velocity, student_from_teacher
 from anyflow.toyparser import parse_batch
 from anyflow.training import LogFn, LoopSpec, train
 from anyflow.wan import Teacher
@@ -124,12 +128,44 @@ def mixed_batches(main: ShardReader, replay: ShardReader | None, batch_size: int
 
 # ------------------------------------------------------------------------------------------ training
 
+def anchor_loss(model: torch.nn.Module, anchor: torch.nn.Module, text: torch.Tensor, shape: tuple[int, ...], nfe: int,
+                shift: float, generator: torch.Generator) -> torch.Tensor:
+    """Function-space anchor against forgetting (learning-without-forgetting applied to the flow map):
+
+        L = E_i ‖u_θ(z_{t_i}, t_i, t_{i+1}, c) − u_θ₀(z_{t_i}, t_i, t_{i+1}, c)‖²,
+
+    where u_θ₀ is the frozen distilled student before fine-tuning, (t_i) = `time_grid(nfe, shift)` its
+    `nfe`-step grid (recipe §8.1), and z_{t_i} the states of u_θ₀'s own `nfe`-step trajectory from fresh noise
+    for the base-domain prompts `text` (one random step i per sample). It keeps the few-step jumps that DMD
+    tuned where the base sampler actually goes; the flow-map loss on base data instead pulls them back toward
+    the teacher's data."""
+    b = shape[0]
+    grid = time_grid(nfe, shift).float()
+    step = torch.randint(nfe, (b,), generator=generator)
+    with torch.no_grad():
+        z = torch.randn(shape, generator=generator)
+        states, targets = torch.empty_like(z), torch.empty_like(z)
+        for i in range(nfe):
+            t, r = grid[i].expand(b), grid[i + 1].expand(b)
+            u = average_velocity(anchor, z, t, r, text)
+            here = step == i
+            states[here], targets[here] = z[here], u[here]
+            if not (step > i).any():
+                break
+            z = flowmap_step(z, u, t, r)
+    u = average_velocity(model, states, grid[step], grid[step + 1], text)
+    return ((u.float() - targets.float()) ** 2).mean()
+
+
 def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str | Path, out_dir: str | Path, *,
                      loss: FlowMapLossSpec, loop: LoopSpec, batch_size: int, gate_value: float,
                      replay_dir: str | Path | None = None, replay_fraction: float = 0.0,
+                     anchor_weight: float = 0.0, anchor_nfe: int = 4,
                      log: LogFn = lambda m, s: None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Continue the distilled student's LoRA with the forward flow-map loss on `data_dir` (resumable from
-    `out_dir/checkpoints`). Writes `out_dir/lora.safetensors` (EMA weights); returns (student, summary)."""
+    `out_dir/checkpoints`). Replayed base-domain rows (`replay_fraction` of each batch) train the same loss,
+    or, with `anchor_weight` > 0, only `anchor_loss` at the `anchor_nfe`-step grid (weighted, added).
+    Writes `out_dir/lora.safetensors` (EMA weights); returns (student, summary)."""
     out_dir = Path(out_dir)
     student = student_from_teacher(teacher.transformer, gate_value)
     spec: LoraSpec = load_lora(student, student_lora)
@@ -141,16 +177,26 @@ def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str |
     replay = open_shards(replay_dir, teacher.max_sequence_length) \
         if replay_dir is not None and replay_fraction > 0 else None
     replay_size = round(replay_fraction * batch_size) if replay is not None else 0
+    if anchor_weight > 0 and replay_size == 0:
+        raise ValueError("anchor_weight > 0 needs replayed base-domain rows (replay_fraction > 0 and a replay_dir)")
+    anchor = copy.deepcopy(student).eval().requires_grad_(False) if anchor_weight > 0 else None
     uncond = teacher.uncond_embedding()
 
     def step(model, batch, generator):
-        return flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, loss, generator)
+        if anchor is None:
+            return flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, loss, generator)
+        n = len(batch.latents) - replay_size          # mixed_batches puts the replayed rows last
+        l_fm, parts = flowmap_loss(model, batch.latents[:n], batch.prompt_embeds[:n], uncond, loss, generator)
+        l_anchor = anchor_loss(model, anchor, batch.prompt_embeds[n:], tuple(batch.latents[n:].shape), anchor_nfe,
+                               loss.shift, generator)
+        return l_fm + anchor_weight * l_anchor, {**parts, "flowmap_loss": float(l_fm.detach()),
+                                                 "anchor_loss": float(l_anchor.detach())}
 
     summary = train(student, params, step,
                     lambda pos: mixed_batches(reader, replay, batch_size, replay_size, loop.seed, pos),
                     loop, out_dir / "checkpoints", log=log, progress=progress)
     save_lora(student, out_dir / "lora.safetensors", spec)
-    return student, {**summary, "replay_per_batch": replay_size}
+    return student, {**summary, "replay_per_batch": replay_size, "anchor_weight": anchor_weight}
 
 
 # ------------------------------------------------------------------------------------------- metrics

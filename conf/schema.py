@@ -30,6 +30,8 @@ class TeacherConfig(Section):
     path: str | None = None            # a WanPipeline folder (e.g. Wan2.1-T2V-1.3B-Diffusers) when source == "path"
     toy: ToyTeacherSpec = Field(default_factory=ToyTeacherSpec)  # used when source == "toy"
     negative_prompt: str = ""          # the unconditional branch (CFG, text dropout)
+    prebuilt: bool = True              # toy: install the teacher shipped in assets/toy-teacher when it matches this
+                                       # config and code (false: always train it)
 
     @model_validator(mode="after")
     def _path_given(self):
@@ -177,6 +179,9 @@ class FinetuneConfig(Section):
     replay_source: Literal["student", "data"] = "student"  # the distilled student's samples, or the synthesis shards
     replay_nfe: int = Field(4, ge=1)                    # student replay: its samples at this many steps
     replay_samples: int = Field(1024, ge=1)             # student replay: how many
+    anchor_weight: float = Field(0.0, ge=0)             # > 0: replayed rows train the anchor (keep the distilled
+                                                        # student's own few-step map) instead of the flow-map loss
+    anchor_nfe: int = Field(4, ge=1)                    # the anchored sampler's step count
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(100, ge=1)
@@ -184,6 +189,13 @@ class FinetuneConfig(Section):
     base_nfe_list: tuple[int, ...] = (4,)               # base-domain check: did fine-tuning forget?
     num_eval_prompts: int = Field(128, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _anchor_needs_replay(self):
+        if self.anchor_weight > 0 and self.replay_fraction == 0:
+            raise ValueError(f"finetune.anchor_weight={self.anchor_weight} anchors the replayed base-domain rows: "
+                             "set finetune.replay_fraction > 0")
+        return self
 
     @field_validator("nfe_list", "base_nfe_list")
     @classmethod

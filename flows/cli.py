@@ -4,9 +4,11 @@
     python -m flows serve --preset toy --cron "0 3 * * *" [--name nightly]     (needs a Prefect server)
     python -m flows evaluate STUDENT_FOLDER [--preset toy] [--set ...]       (score any exported student)
     python -m flows sample STUDENT_FOLDER --prompt "..." --nfe 1,4,32
+    python -m flows teacher-asset [--preset toy] [--set ...] [--out assets/toy-teacher]
 
 `run` executes the Prefect pipeline flow (stages cached and resumable, tracked in MLflow); `--dry-run`
-prints the resolved config and the stage plan, computing nothing.
+prints the resolved config and the stage plan, computing nothing. `teacher-asset` trains the preset's toy
+teacher (or re-uses its cached build) and packs it as the prebuilt asset that `run` installs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run the pipeline for a preset"),
                             ("serve", "serve the pipeline as a scheduled Prefect deployment"),
-                            ("evaluate", "score an exported student folder against the teacher's baselines")):
+                            ("evaluate", "score an exported student folder against the teacher's baselines"),
+                            ("teacher-asset", "build the preset's toy teacher and pack it as the prebuilt asset")):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--preset", default="toy",
                          help=f"preset name ({', '.join(conf.available_presets())}) or YAML path")
@@ -39,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             cmd.add_argument("--dry-run", action="store_true",
                              help="print the resolved config and the stage plan, run nothing")
+        elif name == "teacher-asset":
+            cmd.add_argument("--out", type=Path, help="where to write it (default: the repository's assets/toy-teacher, "
+                                                      "which `run` installs from)")
         elif name == "serve":
             cmd.add_argument("--cron", default="0 3 * * *", help="cron schedule (default: daily at 03:00)")
             cmd.add_argument("--name", default=None, help="deployment name (default: <preset>-scheduled)")
@@ -66,19 +72,19 @@ def configure_environment(cfg: conf.PipelineConfig) -> None:
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)   # Prefect does not create parents
 
 
-def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
-    """(stage, artifact directory, complete) for each wired stage, without computing anything."""
+def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, str]]:
+    """(stage, artifact directory, "cached" | "prebuilt" | "to run") for each wired stage, computing nothing."""
     from tasks.artifacts import StageHandle, read_manifest, stage_dir
     from tasks.evaluate import evaluate_key
     from tasks.export import export_key
     from tasks.stage1 import stage1_key
     from tasks.stage2 import stage2_key
     from tasks.synthesis import synthesis_key
-    from tasks.teacher import teacher_key, teacher_location
+    from tasks.teacher import prebuilt_available, teacher_key, teacher_location
     from tasks.teacher_tune import teacher_tune_key
 
     folder, ready = teacher_location(cfg)
-    rows = [("teacher", str(folder), ready)]
+    rows = [("teacher", str(folder), "cached" if ready else "prebuilt" if prebuilt_available(cfg) else "to run")]
     handles = {"teacher": StageHandle("teacher", teacher_key(cfg), str(folder), {})}
     tune = cfg.teacher_tune.enabled
     chain = (("synthesis", lambda h: synthesis_key(cfg, h["teacher"])),
@@ -100,7 +106,7 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, bool]]:
         key = key_fn(handles)
         handles[stage] = StageHandle(stage, key, "", {})
         path = stage_dir(cfg.paths.artifacts, stage, key)
-        rows.append((stage, str(path), read_manifest(path) is not None))
+        rows.append((stage, str(path), "cached" if read_manifest(path) is not None else "to run"))
     return rows
 
 
@@ -110,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(conf.to_yaml(cfg))
         print("stage plan:")
-        for stage, path, cached in plan(cfg):
-            print(f"  {stage:15s} {'cached' if cached else 'to run':8s} {path}")
+        for stage, path, status in plan(cfg):
+            print(f"  {stage:15s} {status:8s} {path}")
         return 0
     from flows.pipeline import pipeline
 
@@ -168,7 +174,8 @@ def score_table(rows: list[dict]) -> str:
 
 def _report(summary: dict) -> None:
     for stage, info in summary["stages"].items():
-        print(f"[anyflow] {stage:15s} {'cache hit' if info['cache_hit'] else 'built':9s} {info['path']}")
+        how = "cache hit" if info["cache_hit"] else "prebuilt" if info.get("source") == "prebuilt" else "built"
+        print(f"[anyflow] {stage:15s} {how:9s} {info['path']}")
     print(f"[anyflow] student: {summary['exported_model']}")
     if summary.get("evaluation"):
         ev = summary["evaluation"]
@@ -217,10 +224,29 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def teacher_asset(args: argparse.Namespace) -> int:
+    cfg = conf.load(args.preset, [*args.overrides, "teacher.prebuilt=false"])   # train it, never install it
+    if cfg.teacher.source != "toy":
+        raise conf.ConfigError(f"teacher-asset: teacher.source is {cfg.teacher.source!r}; only the toy teacher is packed")
+    configure_environment(cfg)
+    from tasks.teacher import build_teacher
+    from tasks.teacher_asset import TOY_TEACHER_ASSET, pack_asset
+
+    out = args.out or TOY_TEACHER_ASSET
+    handle = build_teacher(cfg)
+    record = pack_asset(Path(handle.path), out, cfg.teacher.model_dump(mode="json", exclude={"prebuilt"}))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    print(f"[anyflow] teacher {handle.key} ({'cache hit' if handle.summary['cache_hit'] else 'built'}: "
+          f"{record['summary'].get('num_steps')} steps, {record['summary'].get('seconds')} s) packed into "
+          f"{out} ({len(record['files'])} files, {size:.1f} MiB)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": run, "serve": serve, "evaluate": evaluate, "sample": sample}[args.command](args)
+        return {"run": run, "serve": serve, "evaluate": evaluate, "sample": sample,
+                "teacher-asset": teacher_asset}[args.command](args)
     except conf.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -105,7 +105,8 @@ def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle
         _, summary = finetune_student(model, Path(student.path) / student.summary["lora"], data.path, out,
                                       loss=loss_spec(cfg), loop=loop, batch_size=f.batch_size,
                                       gate_value=cfg.stage1.gate_value, replay_dir=replay_dir,
-                                      replay_fraction=f.replay_fraction, log=ctx.log, progress=progress)
+                                      replay_fraction=f.replay_fraction, anchor_weight=f.anchor_weight,
+                                      anchor_nfe=f.anchor_nfe, log=ctx.log, progress=progress)
         summary.pop("losses")
         folder = export_lora_student(cfg, teacher, out / "lora.safetensors", out / "model",
                                      {"student": "finetune", "base_student_key": student.key,

@@ -1,4 +1,5 @@
-"""Teacher stage: the toy teacher is built (and cached) from its spec; a real teacher is a given Wan folder."""
+"""Teacher stage: the toy teacher is installed from the shipped prebuilt asset when it matches, else built (and
+cached) from its spec; a real teacher is a given Wan folder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from anyflow.wan import TOY_SPEC_FILE, check_wan_folder
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, folder_fingerprint, read_manifest, stage_dir, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.teacher_asset import TOY_TEACHER_ASSET, install_asset, matching_asset, read_asset
 from tasks.tracking import Tracker
 
 
@@ -27,7 +29,8 @@ def teacher_key(cfg: PipelineConfig) -> str:
     if cfg.teacher.source == "path":
         folder = external_teacher(cfg)
         return stage_key("teacher", {"path": str(folder.resolve()), "files": folder_fingerprint(folder)})
-    return stage_key("teacher", cfg.teacher.model_dump(mode="json"))
+    # `prebuilt` says where the artifact may come from, not what it is: it stays out of the key
+    return stage_key("teacher", cfg.teacher.model_dump(mode="json", exclude={"prebuilt"}))
 
 
 def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
@@ -39,8 +42,25 @@ def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
     return folder, read_manifest(folder) is not None
 
 
-def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str | None = None) -> StageHandle:
-    """Build the toy teacher (a WanPipeline folder) or validate the given Wan folder; return its handle."""
+def _warn_if_stale(cfg: PipelineConfig, key: str, asset: Path) -> None:
+    """Say so when the shipped teacher has this config but older teacher code: the build that follows is long."""
+    shipped = read_asset(asset) if cfg.teacher.prebuilt else None
+    if shipped and shipped.get("key") != key and shipped.get("config") == cfg.teacher.model_dump(
+            mode="json", exclude={"prebuilt"}):
+        print(f"[anyflow] the prebuilt teacher in {asset} was built by other teacher code (key {shipped['key']}, "
+              f"now {key}): training it instead (it took {shipped['summary'].get('seconds')} s when packed). "
+              f"Re-pack it with `python -m flows teacher-asset`.", file=sys.stderr)
+
+
+def prebuilt_available(cfg: PipelineConfig, asset: Path = TOY_TEACHER_ASSET) -> bool:
+    """Whether the teacher stage would install the prebuilt asset instead of training."""
+    return cfg.teacher.source == "toy" and cfg.teacher.prebuilt and matching_asset(asset, teacher_key(cfg)) is not None
+
+
+def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str | None = None,
+                  asset: Path = TOY_TEACHER_ASSET) -> StageHandle:
+    """Install the prebuilt toy teacher (`asset`, when `teacher.prebuilt` and its key matches), build it (a
+    WanPipeline folder), or validate the given Wan folder; return its handle."""
     if cfg.teacher.source == "path":
         folder = external_teacher(cfg)
         tracker = Tracker(cfg)
@@ -49,6 +69,13 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
         tracker.end_run(run_id)
         return StageHandle("teacher", teacher_key(cfg), str(folder),
                            {"source": "path", "cache_hit": True, "mlflow_run_id": run_id})
+
+    key = teacher_key(cfg)
+    record = matching_asset(asset, key) if cfg.teacher.prebuilt else None
+    if record is not None:
+        return run_stage(cfg, "teacher", key, teacher_params(cfg), parent_run_id,
+                         lambda out, ctx: install_asset(asset, record, out))
+    _warn_if_stale(cfg, key, asset)
 
     def build(out: Path, ctx: StageContext) -> dict:
         losses: list[float] = []
@@ -63,7 +90,7 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
         tail = losses[-100:]
         return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": len(losses)}
 
-    return run_stage(cfg, "teacher", teacher_key(cfg), teacher_params(cfg), parent_run_id, build)
+    return run_stage(cfg, "teacher", key, teacher_params(cfg), parent_run_id, build)
 
 
 @task(name="teacher", cache_key_fn=prefect_cache_key("teacher", teacher_key), persist_result=True)

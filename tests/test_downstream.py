@@ -52,3 +52,47 @@ def test_paired_interval_and_forgetting_verdict():
     rows[1]["total"] = noisy.mean()
     verdict = before_after_summary(rows, {("base", "before", 4): before, ("base", "after", 4): noisy})
     assert verdict["base_within_noise"]
+
+
+def test_anchor_loss_is_zero_at_the_anchor_and_trains_only_the_student():
+    """anchor_loss: 0 when u_θ = u_θ₀; after a perturbation it is positive, its gradient reaches the student
+    only, and it equals the squared gap of the two maps at states of the anchor's own trajectory."""
+    import copy
+
+    from anyflow.downstream import anchor_loss
+    from anyflow.flowmap import flowmap_step
+    from anyflow.schedule import time_grid
+    from anyflow.student import average_velocity, student_from_teacher
+    from tinymodels import inputs, tiny_wan
+
+    anchor = student_from_teacher(tiny_wan()).requires_grad_(False)
+    model = copy.deepcopy(anchor).requires_grad_(True)
+    z, text, _ = inputs()
+    shape = tuple(z.shape)
+    assert anchor_loss(model, anchor, text, shape, 4, 3.0, torch.Generator().manual_seed(0)).item() < 1e-10
+
+    with torch.no_grad():
+        model.proj_out.bias.add_(0.1)            # u_θ = u_θ₀ + 0.1: the loss is exactly 0.01
+    loss = anchor_loss(model, anchor, text, shape, 4, 3.0, torch.Generator().manual_seed(0))
+    assert abs(loss.item() - 0.01) < 1e-6
+    loss.backward()
+    assert model.proj_out.bias.grad.abs().sum() > 0
+    assert all(p.grad is None for p in anchor.parameters())
+
+    # The states are the anchor's trajectory: with one step per sample drawn as i, z_{t_i} is reached by i jumps.
+    with torch.no_grad():
+        for p in model.parameters():             # a perturbation whose effect depends on the state
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    g = torch.Generator().manual_seed(0)
+    step = torch.randint(2, (shape[0],), generator=g)   # the order anchor_loss draws in
+    noise = torch.randn(shape, generator=g)
+    grid = time_grid(2, 3.0).float()
+    with torch.no_grad():
+        z1 = flowmap_step(noise, average_velocity(anchor, noise, grid[0].expand(2), grid[1].expand(2), text),
+                          grid[0].expand(2), grid[1].expand(2))
+        states = torch.where(step.view(-1, 1, 1, 1, 1) == 0, noise, z1)
+        expected = ((average_velocity(model, states, grid[step], grid[step + 1], text)
+                     - average_velocity(anchor, states, grid[step], grid[step + 1], text)) ** 2).mean()
+    got = anchor_loss(model, anchor, text, shape, 2, 3.0, torch.Generator().manual_seed(0))
+    assert sorted(step.tolist()) == [0, 1]      # both a first-step and a second-step state
+    assert torch.allclose(got, expected, atol=1e-6) and not torch.allclose(got, torch.zeros(()), atol=1e-4)

@@ -128,7 +128,7 @@ def mixed_batches(main: ShardReader, replay: ShardReader | None, batch_size: int
 
 # ------------------------------------------------------------------------------------------ training
 
-def anchor_loss(model: torch.nn.Module, anchor: torch.nn.Module, text: torch.Tensor, shape: tuple[int, ...], nfe: int,
+def anchor_loss(model: torch.nn.Module, anchor: torch.nn.Module, text: torch.Tensor, like: torch.Tensor, nfe: int,
                 shift: float, generator: torch.Generator) -> torch.Tensor:
     """Function-space anchor against forgetting (learning-without-forgetting applied to the flow map):
 
@@ -136,14 +136,14 @@ def anchor_loss(model: torch.nn.Module, anchor: torch.nn.Module, text: torch.Ten
 
     where u_θ₀ is the frozen distilled student before fine-tuning, (t_i) = `time_grid(nfe, shift)` its
     `nfe`-step grid (recipe §8.1), and z_{t_i} the states of u_θ₀'s own `nfe`-step trajectory from fresh noise
-    for the base-domain prompts `text` (one random step i per sample). It keeps the few-step jumps that DMD
-    tuned where the base sampler actually goes; the flow-map loss on base data instead pulls them back toward
-    the teacher's data."""
-    b = shape[0]
-    grid = time_grid(nfe, shift).float()
-    step = torch.randint(nfe, (b,), generator=generator)
+    for the base-domain prompts `text` (one random step i per sample; the noise has the shape, device and dtype
+    of the latents `like`). It keeps the few-step jumps that DMD tuned where the base sampler actually goes;
+    the flow-map loss on base data instead pulls them back toward the teacher's data."""
+    b, device = like.shape[0], like.device
+    grid = time_grid(nfe, shift).to(device, torch.float32)
+    step = torch.randint(nfe, (b,), generator=generator).to(device)
     with torch.no_grad():
-        z = torch.randn(shape, generator=generator)
+        z = torch.randn(like.shape, generator=generator).to(device, like.dtype)
         states, targets = torch.empty_like(z), torch.empty_like(z)
         for i in range(nfe):
             t, r = grid[i].expand(b), grid[i + 1].expand(b)
@@ -187,8 +187,8 @@ def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str |
             return flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, loss, generator)
         n = len(batch.latents) - replay_size          # mixed_batches puts the replayed rows last
         l_fm, parts = flowmap_loss(model, batch.latents[:n], batch.prompt_embeds[:n], uncond, loss, generator)
-        l_anchor = anchor_loss(model, anchor, batch.prompt_embeds[n:], tuple(batch.latents[n:].shape), anchor_nfe,
-                               loss.shift, generator)
+        l_anchor = anchor_loss(model, anchor, batch.prompt_embeds[n:], batch.latents[n:], anchor_nfe, loss.shift,
+                               generator)
         return l_fm + anchor_weight * l_anchor, {**parts, "flowmap_loss": float(l_fm.detach()),
                                                  "anchor_loss": float(l_anchor.detach())}
 

@@ -41,7 +41,8 @@ def _stage(stage_task, cfg, key: str, params: dict, parent: str, summary: dict, 
     summary["stages"][handle.stage] = {"path": handle.path, "key": handle.key, "cache_hit": cache_hit,
                                        "prefect_state": state.name, **{k: v for k, v in handle.summary.items()
                                                                         if k != "cache_hit"}}
-    get_run_logger().info(f"{handle.stage}: {'cache hit' if cache_hit else 'built'} → {handle.path}")
+    how = "cache hit" if cache_hit else "installed prebuilt" if handle.summary.get("source") == "prebuilt" else "built"
+    get_run_logger().info(f"{handle.stage}: {how} → {handle.path}")
     return handle
 
 

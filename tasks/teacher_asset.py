@@ -11,7 +11,6 @@ teacher stage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -21,18 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from anyflow.shards import sha256_file
 from tasks.artifacts import MANIFEST, read_manifest, write_json_atomic
 
 ASSET_FILE = "ASSET.json"
 TOY_TEACHER_ASSET = Path(__file__).resolve().parents[1] / "assets" / "toy-teacher"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _payload(folder: Path) -> list[Path]:
@@ -90,7 +82,7 @@ def pack_asset(teacher_dir: Path, asset: Path, config: dict[str, Any]) -> dict[s
         rel = path.relative_to(teacher_dir)
         (work / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, work / rel)
-        files[rel.as_posix()] = _sha256(path)
+        files[rel.as_posix()] = sha256_file(path)
     record = {"key": manifest["key"], "code_version": manifest["code_version"], "config": config,
               "summary": {k: v for k, v in manifest["summary"].items() if k != "mlflow_run_id"},
               "built_by": {"command": _command(), "git_commit": commit,
@@ -116,7 +108,7 @@ def install_asset(asset: Path, record: dict[str, Any], out: Path) -> dict[str, A
         src = asset / rel
         if not src.is_file():
             raise FileNotFoundError(f"prebuilt teacher {asset}: {rel} is missing (listed in {ASSET_FILE})")
-        if _sha256(src) != digest:
+        if sha256_file(src) != digest:
             raise ValueError(f"prebuilt teacher {asset}: {rel} does not match its sha256 in {ASSET_FILE} "
                              f"(altered, or a Git LFS pointer); rebuild with `python -m flows teacher-asset`")
         (out / rel).parent.mkdir(parents=True, exist_ok=True)

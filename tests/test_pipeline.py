@@ -49,6 +49,7 @@ def test_first_run_builds_every_stage(twice):
     from anyflow.shards import ShardReader
     replay = ShardReader(Path(first["stages"]["finetune"]["path"], "replay"))   # the distilled student's samples
     assert replay.num_samples == 8 and first["stages"]["finetune"]["replay_per_batch"] == 2
+    assert first["stages"]["finetune"]["anchor_weight"] == 1.0       # the replayed rows train the anchor
     ft = first["finetune"]
     assert 0 <= ft["downstream_before"] <= 1 and 0 <= ft["downstream_after"] <= 1 and ft["real_downstream_score"] > 0.9
 
@@ -104,6 +105,7 @@ def test_mlflow_parent_and_children(twice):
     assert {"finetune/downstream/before/score_nfe4", "finetune/downstream/after/score_nfe4",
             "finetune/base/before/total_nfe4", "finetune/base/after/total_nfe4"} <= set(fe.data.metrics)
     assert len(client.get_metric_history(runs["finetune"].info.run_id, "finetune/loss")) == 4
+    assert len(client.get_metric_history(runs["finetune"].info.run_id, "finetune/anchor_loss")) == 4
 
 
 def test_changed_config_reruns_only_the_affected_stage(twice):

@@ -8,7 +8,8 @@ import pytest
 import conf
 from tasks.artifacts import read_manifest
 from tasks.teacher import build_teacher, prebuilt_available, teacher_key
-from tasks.teacher_asset import ASSET_FILE, TOY_TEACHER_ASSET, _sha256, pack_asset, read_asset
+from anyflow.shards import sha256_file
+from tasks.teacher_asset import ASSET_FILE, TOY_TEACHER_ASSET, pack_asset, read_asset
 
 
 def _in_root(cfg, root, **teacher):
@@ -26,7 +27,7 @@ def test_shipped_teacher_matches_the_toy_preset_and_its_files():
         "re-pack it with `python -m flows teacher-asset`")
     assert record["config"] == cfg.teacher.model_dump(mode="json", exclude={"prebuilt"})
     for rel, digest in record["files"].items():
-        assert _sha256(TOY_TEACHER_ASSET / rel) == digest, rel
+        assert sha256_file(TOY_TEACHER_ASSET / rel) == digest, rel
     assert prebuilt_available(cfg)
     assert not prebuilt_available(_in_root(cfg, "/nonexistent", prebuilt=False))
 

@@ -69,7 +69,8 @@ def matching_asset(asset: Path, key: str) -> dict[str, Any] | None:
 
 
 def pack_asset(teacher_dir: Path, asset: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Copy a complete teacher stage directory to `asset` with its ASSET.json; replaces `asset` atomically."""
+    """Copy a complete teacher stage directory to `asset` with its ASSET.json. The copy is made beside it and
+    swapped in by renames; a previous asset is removed only once the new one is in place."""
     teacher_dir, asset = Path(teacher_dir), Path(asset)
     manifest = read_manifest(teacher_dir)
     if manifest is None:

@@ -174,8 +174,7 @@ def score_table(rows: list[dict]) -> str:
 
 def _report(summary: dict) -> None:
     for stage, info in summary["stages"].items():
-        how = "cache hit" if info["cache_hit"] else "prebuilt" if info.get("source") == "prebuilt" else "built"
-        print(f"[anyflow] {stage:15s} {how:9s} {info['path']}")
+        print(f"[anyflow] {stage:15s} {info['status']:9s} {info['path']}")
     print(f"[anyflow] student: {summary['exported_model']}")
     if summary.get("evaluation"):
         ev = summary["evaluation"]
@@ -229,12 +228,12 @@ def teacher_asset(args: argparse.Namespace) -> int:
     if cfg.teacher.source != "toy":
         raise conf.ConfigError(f"teacher-asset: teacher.source is {cfg.teacher.source!r}; only the toy teacher is packed")
     configure_environment(cfg)
-    from tasks.teacher import build_teacher
+    from tasks.teacher import build_teacher, teacher_identity
     from tasks.teacher_asset import TOY_TEACHER_ASSET, pack_asset
 
     out = args.out or TOY_TEACHER_ASSET
     handle = build_teacher(cfg)
-    record = pack_asset(Path(handle.path), out, cfg.teacher.model_dump(mode="json", exclude={"prebuilt"}))
+    record = pack_asset(Path(handle.path), out, teacher_identity(cfg))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     print(f"[anyflow] teacher {handle.key} ({'cache hit' if handle.summary['cache_hit'] else 'built'}: "
           f"{record['summary'].get('num_steps')} steps, {record['summary'].get('seconds')} s) packed into "

@@ -38,11 +38,12 @@ def _stage(stage_task, cfg, key: str, params: dict, parent: str, summary: dict, 
     if prefect_cached:
         record_cached(cfg, handle, params, parent)
     cache_hit = prefect_cached or bool(handle.summary.get("cache_hit"))
+    status = "cache hit" if cache_hit else "prebuilt" if handle.summary.get("source") == "prebuilt" else "built"
     summary["stages"][handle.stage] = {"path": handle.path, "key": handle.key, "cache_hit": cache_hit,
-                                       "prefect_state": state.name, **{k: v for k, v in handle.summary.items()
-                                                                        if k != "cache_hit"}}
-    how = "cache hit" if cache_hit else "installed prebuilt" if handle.summary.get("source") == "prebuilt" else "built"
-    get_run_logger().info(f"{handle.stage}: {how} → {handle.path}")
+                                       "prefect_state": state.name,
+                                       **{k: v for k, v in handle.summary.items() if k != "cache_hit"},
+                                       "status": status}
+    get_run_logger().info(f"{handle.stage}: {status} → {handle.path}")
     return handle
 
 

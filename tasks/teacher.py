@@ -13,7 +13,7 @@ from anyflow.wan import TOY_SPEC_FILE, check_wan_folder
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, folder_fingerprint, read_manifest, stage_dir, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
-from tasks.teacher_asset import TOY_TEACHER_ASSET, install_asset, matching_asset, read_asset
+from tasks.teacher_asset import TOY_TEACHER_ASSET, install_asset, read_asset
 from tasks.tracking import Tracker
 
 
@@ -29,8 +29,13 @@ def teacher_key(cfg: PipelineConfig) -> str:
     if cfg.teacher.source == "path":
         folder = external_teacher(cfg)
         return stage_key("teacher", {"path": str(folder.resolve()), "files": folder_fingerprint(folder)})
-    # `prebuilt` says where the artifact may come from, not what it is: it stays out of the key
-    return stage_key("teacher", cfg.teacher.model_dump(mode="json", exclude={"prebuilt"}))
+    return stage_key("teacher", teacher_identity(cfg))
+
+
+def teacher_identity(cfg: PipelineConfig) -> dict:
+    """The teacher config that determines the toy teacher: all of it but `prebuilt`, which says where the
+    artifact may come from, not what it is (the key's config part, and what a packed asset records)."""
+    return cfg.teacher.model_dump(mode="json", exclude={"prebuilt"})
 
 
 def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
@@ -42,19 +47,15 @@ def teacher_location(cfg: PipelineConfig) -> tuple[Path, bool]:
     return folder, read_manifest(folder) is not None
 
 
-def _warn_if_stale(cfg: PipelineConfig, key: str, asset: Path) -> None:
-    """Say so when the shipped teacher has this config but older teacher code: the build that follows is long."""
-    shipped = read_asset(asset) if cfg.teacher.prebuilt else None
-    if shipped and shipped.get("key") != key and shipped.get("config") == cfg.teacher.model_dump(
-            mode="json", exclude={"prebuilt"}):
-        print(f"[anyflow] the prebuilt teacher in {asset} was built by other teacher code (key {shipped['key']}, "
-              f"now {key}): training it instead (it took {shipped['summary'].get('seconds')} s when packed). "
-              f"Re-pack it with `python -m flows teacher-asset`.", file=sys.stderr)
+def _shipped(cfg: PipelineConfig, asset: Path) -> dict | None:
+    """The prebuilt asset's record when the toy teacher may be installed from it (it may not match)."""
+    return read_asset(asset) if cfg.teacher.source == "toy" and cfg.teacher.prebuilt else None
 
 
 def prebuilt_available(cfg: PipelineConfig, asset: Path = TOY_TEACHER_ASSET) -> bool:
     """Whether the teacher stage would install the prebuilt asset instead of training."""
-    return cfg.teacher.source == "toy" and cfg.teacher.prebuilt and matching_asset(asset, teacher_key(cfg)) is not None
+    shipped = _shipped(cfg, asset)
+    return shipped is not None and shipped.get("key") == teacher_key(cfg)
 
 
 def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str | None = None,
@@ -70,12 +71,14 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
         return StageHandle("teacher", teacher_key(cfg), str(folder),
                            {"source": "path", "cache_hit": True, "mlflow_run_id": run_id})
 
-    key = teacher_key(cfg)
-    record = matching_asset(asset, key) if cfg.teacher.prebuilt else None
-    if record is not None:
+    key, shipped = teacher_key(cfg), _shipped(cfg, asset)
+    if shipped is not None and shipped.get("key") == key:
         return run_stage(cfg, "teacher", key, teacher_params(cfg), parent_run_id,
-                         lambda out, ctx: install_asset(asset, record, out))
-    _warn_if_stale(cfg, key, asset)
+                         lambda out, ctx: install_asset(asset, shipped, out))
+    if shipped is not None and shipped.get("config") == teacher_identity(cfg):   # same config, other teacher code
+        print(f"[anyflow] the prebuilt teacher in {asset} was built by other teacher code (key {shipped['key']}, "
+              f"now {key}): training it instead (it took {shipped['summary'].get('seconds')} s when packed). "
+              f"Re-pack it with `python -m flows teacher-asset`.", file=sys.stderr)
 
     def build(out: Path, ctx: StageContext) -> dict:
         losses: list[float] = []

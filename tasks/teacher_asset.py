@@ -62,12 +62,6 @@ def read_asset(asset: Path) -> dict[str, Any] | None:
         raise ValueError(f"{Path(asset) / ASSET_FILE}: not valid JSON ({err})") from None
 
 
-def matching_asset(asset: Path, key: str) -> dict[str, Any] | None:
-    """The asset record if `asset` holds a teacher built under stage key `key`, else None."""
-    record = read_asset(asset)
-    return record if record is not None and record.get("key") == key else None
-
-
 def pack_asset(teacher_dir: Path, asset: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Copy a complete teacher stage directory to `asset` with its ASSET.json. The copy is made beside it and
     swapped in by renames; a previous asset is removed only once the new one is in place."""

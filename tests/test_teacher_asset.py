@@ -7,7 +7,7 @@ import pytest
 
 import conf
 from tasks.artifacts import read_manifest
-from tasks.teacher import build_teacher, prebuilt_available, teacher_key
+from tasks.teacher import build_teacher, prebuilt_available, teacher_identity, teacher_key
 from anyflow.shards import sha256_file
 from tasks.teacher_asset import ASSET_FILE, TOY_TEACHER_ASSET, pack_asset, read_asset
 
@@ -25,7 +25,7 @@ def test_shipped_teacher_matches_the_toy_preset_and_its_files():
     assert record["key"] == teacher_key(cfg), (
         "the shipped toy teacher was built for another config or teacher code: "
         "re-pack it with `python -m flows teacher-asset`")
-    assert record["config"] == cfg.teacher.model_dump(mode="json", exclude={"prebuilt"})
+    assert record["config"] == teacher_identity(cfg)
     for rel, digest in record["files"].items():
         assert sha256_file(TOY_TEACHER_ASSET / rel) == digest, rel
     assert prebuilt_available(cfg)

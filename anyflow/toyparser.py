@@ -31,8 +31,10 @@ plain, documented measurement (numpy + scipy.ndimage only):
    FULL_STEP_FRACTION of the median step hides a wall reflection, so the velocity is the
    least-squares slope over the first run of full, same-sign steps, and its sign is flipped
    once per short step before that run (initial direction of a bouncing object that starts
-   near the wall it moves towards). Speeds below MIN_SPEED_FRACTION of the base speed give
-   direction None. No wall positions or shape sizes are assumed.
+   near the wall it moves towards), but only if a reflection fits: the wall (where the object
+   touches the frame edge) must lie where the short steps put it, within WALL_TOLERANCE. A
+   slow first step far from any wall is uneven motion, not a bounce. Speeds below
+   MIN_SPEED_FRACTION of the base speed give direction None.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ CORE_FRACTION = 0.9         # core: >= 90% of the blob's 90th-percentile distanc
                             # pixels mixed with bg (a blue/white mix reads cyan) stay out
 MIN_AREA_FRACTION = 0.25    # of the circle/square area; the triangle is 0.53 of it, noise specks ~1 px
 FULL_STEP_FRACTION = 0.75   # see _direction
+WALL_TOLERANCE = 1.0       # px: a reflection must put the wall where the steps say it is, to within this (step 7)
 MIN_SPEED_FRACTION = 0.25   # of spec.speed (0.5 px/frame at the default 2), >10x the velocity jitter on noisy videos
 SQUARE_FILL, CIRCLE_FILL = 1.0, np.pi / 4  # area / bounding-box area, exact for unblurred shapes
 TRIANGLE_SKEW = -2 * np.sqrt(2) / 5  # -0.566: skewness of a linear ramp (apex-up triangle's rows)
@@ -184,9 +187,25 @@ def _direction(traj: np.ndarray, spec: WorldSpec) -> tuple[str | None, float]:
     velocity = np.polyfit(t[k:end + 1], traj[t[k:end + 1], axis], 1)[0]
     if abs(velocity) < MIN_SPEED_FRACTION * spec.speed:
         return None, float(abs(velocity))
+    heading = np.sign(velocity) * (-1) ** k
+    if k % 2 and not _reflection_fits(traj[t[[0, k]], axis], heading, abs(velocity) * (t[k] - t[0]), spec, axis):
+        heading = np.sign(velocity)  # no wall where a bounce would need one: uneven motion, not a reflection
     unit = np.zeros(2)
-    unit[axis] = np.sign(velocity) * (-1) ** k
+    unit[axis] = heading
     return max(DIRECTIONS, key=lambda n: float(np.dot(DIRECTIONS[n], unit))), float(abs(velocity))
+
+
+def _reflection_fits(ends: np.ndarray, heading: float, travel: float, spec: WorldSpec, axis: int) -> bool:
+    """Whether one wall reflection explains the short steps before the full-speed run (step 7).
+
+    An object a px from the wall it heads for (`heading` ±1 along `axis`; the wall is where it touches
+    the frame edge, object_size / 2 in from it) that covers `travel` px reflects once and ends
+    2a − travel further along `heading`. So the measured start `ends[0]` and end `ends[1]` predict
+    a = (travel + (ends[1] − ends[0]) · heading) / 2, which must match the measured distance to the
+    wall within WALL_TOLERANCE. Otherwise no wall is there to bounce off."""
+    wall = spec.object_size / 2 if heading < 0 else (spec.height, spec.width)[axis] - spec.object_size / 2
+    predicted = (travel + (ends[1] - ends[0]) * heading) / 2
+    return abs(abs(wall - ends[0]) - predicted) <= WALL_TOLERANCE
 
 
 def parse_video(video: np.ndarray, spec: WorldSpec = WorldSpec()) -> ParsedVideo:

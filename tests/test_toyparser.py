@@ -132,6 +132,23 @@ def test_bouncing_reflection_in_first_step(direction, noisy):
     assert parse_video(degrade(video) if noisy else video).direction == direction
 
 
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize("noisy", [False, True])
+def test_slow_first_step_away_from_walls_is_not_a_reflection(direction, noisy):
+    """A moving object whose first step is half as long (generated videos often move unevenly) and that
+    starts 2+ px from the wall behind it: no reflection fits, so the direction is the run's, not flipped.
+    (The parser used to flip it, reading every slow first step as a bounce.)"""
+    dy, dx = DIRECTIONS[direction]
+    start = tuple(7.0 if d > 0 else 25.0 if d < 0 else 16.0 for d in (dy, dx))
+    cond = Condition("circle", "red", "gray", direction, "moving", start)
+    video = render(cond)
+    ahead = (start[0] + SPEC.speed / 2 * dy, start[1] + SPEC.speed / 2 * dx)
+    video[0] = render(dataclasses.replace(cond, start=ahead))[0]  # first step: 1 px instead of 2
+    parsed = parse_video(degrade(video) if noisy else video)
+    assert np.abs(np.diff(parsed.trajectory, axis=0)[0]).max() < 0.75 * SPEC.speed  # the step is short
+    assert parsed.direction == direction
+
+
 @pytest.mark.parametrize("background", list(BACKGROUNDS))
 @pytest.mark.parametrize("noisy", [False, True])
 def test_blank_video(background, noisy):

@@ -3,7 +3,8 @@ as safetensors, merge into the base weights.
 
 Targets are module names matched as whole dotted suffixes (peft's list semantics): `attn1.to_q` adapts
 `blocks.N.attn1.to_q` in every block but never `attn2.to_q`. A target that matches no `nn.Linear` is an
-error, not a silent no-op. lora_B starts at zero, so attaching changes no output.
+error, not a silent no-op. lora_B starts at zero, so attaching changes no output; lora_A's random init is
+drawn from a seeded generator, so a training run is reproducible bit for bit.
 """
 
 from __future__ import annotations
@@ -50,11 +51,18 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
 
 
-def attach_lora(model: nn.Module, spec: LoraSpec, adapter_name: str = "default") -> list[nn.Parameter]:
-    """Add a LoRA adapter, freeze everything else; return the trainable (LoRA) parameters."""
+def attach_lora(model: nn.Module, spec: LoraSpec, adapter_name: str = "default", *, seed: int = 0
+                ) -> list[nn.Parameter]:
+    """Add a LoRA adapter, freeze everything else; return the trainable (LoRA) parameters.
+
+    peft draws lora_A (kaiming-uniform) from torch's global CPU generator before moving the adapter to the
+    base layer's device; an unseeded draw made every run start from different weights. The draw is seeded
+    here on a forked CPU generator, so the caller's global RNG state is left as it was."""
     _check_targets(model, spec.targets)
-    model.add_adapter(PeftLoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.targets),
-                                     lora_dropout=0.0, bias="none", init_lora_weights=True), adapter_name)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        model.add_adapter(PeftLoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.targets),
+                                         lora_dropout=0.0, bias="none", init_lora_weights=True), adapter_name)
     model.requires_grad_(False)
     params = lora_parameters(model)
     for p in params:

@@ -135,7 +135,7 @@ def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: Lo
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     student = student_from_teacher(teacher.transformer, gate_value)
-    params = attach_lora(student, lora)
+    params = attach_lora(student, lora, seed=loop.seed)
     if gradient_checkpointing:
         enable_gradient_checkpointing(student)
     reader = open_shards(data_dir, teacher.max_sequence_length)

@@ -150,7 +150,7 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
         p.requires_grad_(True)
     real = (real_transformer if real_transformer is not None else teacher.transformer).eval().requires_grad_(False)
     critic = copy.deepcopy(real)
-    critic_params = attach_lora(critic, critic_lora)
+    critic_params = attach_lora(critic, critic_lora, seed=loop.seed)
     if gradient_checkpointing:
         enable_gradient_checkpointing(student)
         enable_gradient_checkpointing(critic)

@@ -47,7 +47,7 @@ def tune_teacher(teacher: Teacher, data_dir: str | Path, out_dir: str | Path, *,
     the teacher itself is left untouched."""
     out_dir = Path(out_dir)
     model = copy.deepcopy(teacher.transformer)
-    params = attach_lora(model, lora)
+    params = attach_lora(model, lora, seed=loop.seed)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model)
     reader = open_shards(data_dir, teacher.max_sequence_length)

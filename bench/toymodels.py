@@ -30,7 +30,7 @@ def toy_models(preset: str, batch: int, seed: int = 0) -> ToyModels:
     toy = cfg.teacher.toy
     teacher = build_transformer(toy.arch, toy.vae_z_dim, toy.text.d_model, seed=seed).eval().requires_grad_(False)
     student = student_from_teacher(teacher, cfg.stage1.gate_value)
-    params = attach_lora(student, cfg.stage1.lora)
+    params = attach_lora(student, cfg.stage1.lora, seed=seed)
     w = toy.world
     shape = (batch, toy.vae_z_dim, (w.num_frames - 1) // 2 + 1, w.height // 4, w.width // 4)  # LinearPatchVAE 2x4x4
     g = torch.Generator().manual_seed(seed)

@@ -76,3 +76,17 @@ def test_load_rejects_foreign_files(tmp_path):
     path = save_tensors({"w": torch.zeros(2)}, tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="not a LoRA file"):
         load_lora(student_from_teacher(tiny_wan()), path)
+
+
+def test_lora_init_is_seeded_and_leaves_the_global_rng_alone():
+    def lora_a(seed, global_seed):
+        student = student_from_teacher(tiny_wan())         # tiny_wan seeds the global RNG itself
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        attach_lora(student, SPEC, seed=seed)
+        assert torch.equal(torch.get_rng_state(), state)   # the caller's stream is not consumed
+        return torch.cat([p.flatten() for n, p in student.named_parameters() if ".lora_A." in n])
+
+    first = lora_a(0, global_seed=123)
+    assert torch.equal(lora_a(0, global_seed=999), first)  # the global state does not matter
+    assert not torch.equal(lora_a(1, global_seed=123), first)

@@ -1,19 +1,13 @@
 """Downstream fine-tuning (paper §5, Fig. 7-8): continue the distilled student's forward flow-map training on
 a new dataset. The flow map is preserved, so the fine-tuned student keeps sampling in any number of steps.
 
-Data: the toy world's downstream domain ("a red circle bouncing left on a black background": 4 px/frame,
-reflected at the walls, never seen by the base teacher), rendered and VAE-encoded into the same shards the
-synthesis stage writes, or any shard folder a user brings. Objective: the stage-1 loss (`flowmap_loss`),
-optionally replaying a fraction of base-domain shards in every batch against forgetting, either through the
-same loss or through the anchor (`anchor_loss`), which keeps the distilled student's own few-step map.
-
-DownstreamBench (toy world, rule-based like ToyBench, per video in [0, 1]):
-  motion   exp(−RMS / 2 px) of the parsed centroid track against the best-fitting bouncing trajectory
-           (any of the 4 directions, any start): 1 for the downstream law, low for the base domain's
-           2 px/frame straight motion
-  speed    exp(−|median frame-to-frame speed − bounce speed| / 1 px)
-  colour   parsed colour == prompt;   count   fraction of frames with exactly one object
-  score    mean(motion, speed): the headline, the behaviour the base student does not have
+Data: one of the toy world's downstream domains (`anyflow.toydomains`: a new object colour, or bouncing motion),
+rendered and VAE-encoded into the same shards the synthesis stage writes, or any shard folder a user brings.
+Objective: the stage-1 loss (`flowmap_loss`), optionally replaying a fraction of base-domain shards in every batch
+against forgetting, either through the same loss or through the anchor (`anchor_loss`), which keeps the distilled
+student's own few-step map. The adapter is the distilled student's LoRA, optionally widened to more modules
+(`extra_lora_targets`, e.g. the cross-attention keys and values a new word needs; they start at zero).
+Evaluation: the domain's DownstreamBench before and after at several NFEs, and ToyBench on the base domain.
 """
 
 from __future__ import annotations
@@ -35,14 +29,9 @@ from anyflow.shards import Batch, ShardReader, ShardWriter, open_shards, real_ro
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.schedule import time_grid
 from anyflow.student import average_velocity, student_from_teacher
-from anyflow.toyparser import parse_batch
+from anyflow.toydomains import get_domain
 from anyflow.training import LogFn, LoopSpec, train
 from anyflow.wan import Teacher
-
-MOTION_R_PX = 2.0
-SPEED_S_PX = 1.0
-_START_GRID_PX = 0.25
-
 
 # ---------------------------------------------------------------------------------------------- data
 
@@ -65,24 +54,25 @@ def _write_shards(out_dir: str | Path, num: int, make: Callable[[int, int], list
     return {"num_samples": writer.num_written, "num_shards": len(writer.shards), "resumed_from": first}
 
 
-def render_downstream_shards(teacher: Teacher, world: toyworld.WorldSpec, out_dir: str | Path, *, num_samples: int,
-                             seed: int, samples_per_shard: int = 256, batch_size: int = 64,
+def render_downstream_shards(teacher: Teacher, world: toyworld.WorldSpec, out_dir: str | Path, *, domain: str,
+                             num_samples: int, seed: int, samples_per_shard: int = 256, batch_size: int = 64,
                              progress: bool = True) -> dict:
-    """Render `num_samples` downstream-domain videos, encode them with the teacher's VAE and text encoder and
-    write synthesis-format shards (resuming after the shards already written)."""
-    conds = toyworld.sample_conditions(num_samples, seed, "downstream", world)
+    """Render `num_samples` videos of the toy downstream `domain`, encode them with the teacher's VAE and text
+    encoder and write synthesis-format shards (resuming after the shards already written)."""
+    dom = get_domain(domain)
+    conds = dom.conditions(num_samples, seed, world)
 
     def make(lo: int, hi: int) -> list[dict]:
         part = conds[lo:hi]
-        pixels = torch.from_numpy(toyworld.render_batch(part, world)).permute(0, 4, 1, 2, 3) * 2 - 1
+        pixels = torch.from_numpy(dom.render(part, world)).permute(0, 4, 1, 2, 3) * 2 - 1
         latents = teacher.encode_video(pixels)
         rows = real_rows(teacher.encode_prompts([c.prompt for c in part]))
         return [{"key": f"{i:08d}", "latents": lat.permute(1, 0, 2, 3).numpy(), "prompt_embeds": emb,
-                 "prompt": cond.prompt, "meta": {"index": i, "domain": "downstream", "start": list(cond.start)}}
+                 "prompt": cond.prompt, "meta": {"index": i, "domain": domain, "start": list(cond.start)}}
                 for i, (cond, lat, emb) in enumerate(zip(part, latents, rows), start=lo)]
 
     return _write_shards(out_dir, num_samples, make,
-                         {"max_sequence_length": teacher.max_sequence_length, "source": "toy downstream renders",
+                         {"max_sequence_length": teacher.max_sequence_length, "source": f"toy {domain} renders",
                           "seed": seed, "negative_prompt": teacher.negative_prompt,
                           "video": {"height": world.height, "width": world.width, "num_frames": world.num_frames}},
                          samples_per_shard=samples_per_shard, batch_size=batch_size, desc="downstream data",
@@ -160,15 +150,16 @@ def anchor_loss(model: torch.nn.Module, anchor: torch.nn.Module, text: torch.Ten
 def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str | Path, out_dir: str | Path, *,
                      loss: FlowMapLossSpec, loop: LoopSpec, batch_size: int, gate_value: float,
                      replay_dir: str | Path | None = None, replay_fraction: float = 0.0,
-                     anchor_weight: float = 0.0, anchor_nfe: int = 4,
+                     anchor_weight: float = 0.0, anchor_nfe: int = 4, extra_lora_targets: tuple[str, ...] = (),
                      log: LogFn = lambda m, s: None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Continue the distilled student's LoRA with the forward flow-map loss on `data_dir` (resumable from
+    """Continue the distilled student's LoRA, widened to `extra_lora_targets` (zero-initialised, so the start is
+    the distilled student exactly), with the forward flow-map loss on `data_dir` (resumable from
     `out_dir/checkpoints`). Replayed base-domain rows (`replay_fraction` of each batch) train the same loss,
     or, with `anchor_weight` > 0, only `anchor_loss` at the `anchor_nfe`-step grid (weighted, added).
     Writes `out_dir/lora.safetensors` (EMA weights); returns (student, summary)."""
     out_dir = Path(out_dir)
     student = student_from_teacher(teacher.transformer, gate_value)
-    spec: LoraSpec = load_lora(student, student_lora)
+    spec: LoraSpec = load_lora(student, student_lora, extra_targets=extra_lora_targets, seed=loop.seed)
     params = lora_parameters(student)
     student.requires_grad_(False)
     for p in params:
@@ -196,52 +187,11 @@ def finetune_student(teacher: Teacher, student_lora: str | Path, data_dir: str |
                     lambda pos: mixed_batches(reader, replay, batch_size, replay_size, loop.seed, pos),
                     loop, out_dir / "checkpoints", log=log, progress=progress)
     save_lora(student, out_dir / "lora.safetensors", spec)
-    return student, {**summary, "replay_per_batch": replay_size, "anchor_weight": anchor_weight}
+    return student, {**summary, "replay_per_batch": replay_size, "anchor_weight": anchor_weight,
+                     "lora_targets": list(spec.targets)}
 
 
 # ------------------------------------------------------------------------------------------- metrics
-
-def _bounce_tracks(world: toyworld.WorldSpec) -> np.ndarray:
-    """Every downstream trajectory on a 0.25 px start grid, all 4 directions: [K, F, 2]."""
-    half = world.object_size / 2 + 1
-    ys = np.arange(half, world.height - half + 1e-9, _START_GRID_PX)
-    xs = np.arange(half, world.width - half + 1e-9, _START_GRID_PX)
-    tracks = []
-    for direction in toyworld.DIRECTIONS:
-        for y in ys:
-            for x in xs:
-                cond = toyworld.Condition("circle", "red", "black", direction, "bouncing", (float(y), float(x)))
-                tracks.append(toyworld.trajectory(cond, world))
-    return np.stack(tracks)
-
-
-def motion_fit(track: np.ndarray, candidates: np.ndarray) -> float:
-    """exp(−RMS / R) of a parsed track [F, 2] (NaN rows missing) against its best-fitting candidate."""
-    ok = ~np.isnan(track[:, 0])
-    if ok.sum() < 3:
-        return 0.0
-    rms = np.sqrt(((candidates[:, ok] - track[ok][None]) ** 2).sum(-1).mean(-1)).min()
-    return float(np.exp(-rms / MOTION_R_PX))
-
-
-def downstream_scores(videos: np.ndarray, conds: list[toyworld.Condition], world: toyworld.WorldSpec) -> dict[str, np.ndarray]:
-    """Per-video DownstreamBench items (see the module docstring)."""
-    parsed = parse_batch(videos, world)
-    candidates = _bounce_tracks(world)
-    out = {k: [] for k in ("motion", "speed", "colour", "count")}
-    for cond, p in zip(conds, parsed):
-        ok = ~np.isnan(p.trajectory[:, 0])
-        steps = np.linalg.norm(np.diff(p.trajectory[ok], axis=0), axis=1) / np.diff(np.flatnonzero(ok)) \
-            if ok.sum() >= 2 else np.array([])
-        speed = float(np.median(steps)) if len(steps) else 0.0
-        out["motion"].append(motion_fit(p.trajectory, candidates))
-        out["speed"].append(float(np.exp(-abs(speed - world.bounce_speed) / SPEED_S_PX)) if len(steps) else 0.0)
-        out["colour"].append(float(p.colour == cond.colour))
-        out["count"].append(float(np.mean([n == 1 for n in p.counts])))
-    scores = {k: np.asarray(v) for k, v in out.items()}
-    scores["score"] = (scores["motion"] + scores["speed"]) / 2
-    return scores
-
 
 def summarize(scores: dict[str, np.ndarray], samples: int = 1000, seed: int = 0) -> dict[str, float]:
     """Means, and a bootstrap 95 % interval of the headline score."""
@@ -250,7 +200,6 @@ def summarize(scores: dict[str, np.ndarray], samples: int = 1000, seed: int = 0)
     boots = s[rng.integers(0, len(s), size=(samples, len(s)))].mean(axis=1)
     return {**{k: float(v.mean()) for k, v in scores.items()},
             "score_ci_lo": float(np.percentile(boots, 2.5)), "score_ci_hi": float(np.percentile(boots, 97.5))}
-
 
 
 # ----------------------------------------------------------------------------------- before / after
@@ -262,16 +211,18 @@ def paired_ci(after: np.ndarray, before: np.ndarray, samples: int = 1000, seed: 
     return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, nfes: tuple[int, ...],
+def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, domain: str, nfes: tuple[int, ...],
                          num_prompts: int, seed: int, base_nfes: tuple[int, ...] = (4,),
                          progress=lambda msg: None) -> tuple[list[dict], dict]:
-    """Score exported students (e.g. {"before": …, "after": …}) with common random numbers: DownstreamBench on
-    downstream prompts at `nfes`, ToyBench Total on base-domain prompts at `base_nfes` (did it forget?).
+    """Score exported students (e.g. {"before": …, "after": …}) with common random numbers: the toy `domain`'s
+    DownstreamBench on its prompts at `nfes` (rows with domain "downstream"), ToyBench Total on base-domain
+    prompts at `base_nfes` (did it forget?).
     Returns (rows, {"per_video": {(domain, model, nfe): per-video headline}, "videos": {...}, "conditions": the
     downstream prompts' conditions, "real_downstream_score": real renders of them scored the same way})."""
     from anyflow import toybench
 
-    down = toyworld.sample_conditions(num_prompts, seed, "downstream", world)
+    dom = get_domain(domain)
+    down = dom.conditions(num_prompts, seed, world)
     base = toyworld.sample_conditions(num_prompts, seed, "base", world)
     real = toybench.real_reference(base, world, seed)
     rows, per_video, videos = [], {}, {}
@@ -279,7 +230,7 @@ def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, 
         for nfe in nfes:
             progress(f"{name}: downstream, NFE {nfe}")
             vids = model.generate([c.prompt for c in down], nfe=nfe, seed=seed)
-            scores = downstream_scores(vids, down, world)
+            scores = dom.scores(vids, down, world)
             rows.append({"domain": "downstream", "model": name, "nfe": nfe, **summarize(scores, seed=seed)})
             per_video[("downstream", name, nfe)] = scores["score"]
             videos[("downstream", name, nfe)] = vids
@@ -290,11 +241,12 @@ def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, 
             rows.append({"domain": "base", "model": name, "nfe": nfe, "total": metrics["total"],
                          "quality": metrics["quality"], "semantic": metrics["semantic"]})
             per_video[("base", name, nfe)] = totals
-    real = float(downstream_scores(toyworld.render_batch(down, world), down, world)["score"].mean())
+    real = float(dom.scores(dom.render(down, world), down, world)["score"].mean())
     return rows, {"per_video": per_video, "videos": videos, "conditions": down, "real_downstream_score": real}
 
 
-def plot_before_after(rows: list[dict], path: str | Path, real_score: float | None = None) -> Path:
+def plot_before_after(rows: list[dict], path: str | Path, real_score: float | None = None,
+                      measures: str = "the downstream domain") -> Path:
     """DownstreamBench score vs NFE, one line per model, with 95 % CIs (and the real renders' score)."""
     import matplotlib
 
@@ -311,7 +263,7 @@ def plot_before_after(rows: list[dict], path: str | Path, real_score: float | No
         ax.axhline(real_score, ls="--", c="gray", label="real downstream renders")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("NFE")
-    ax.set_ylabel("DownstreamBench score (bouncing motion)")
+    ax.set_ylabel(f"DownstreamBench score ({measures})")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -9,7 +9,7 @@ drawn from a seeded generator, so a training run is reproducible bit for bit.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,18 +76,28 @@ def save_lora(model: nn.Module, path: str | Path, spec: LoraSpec, adapter_name: 
     return save_tensors(state, path, metadata={"lora_spec": asdict(spec), "adapter_name": adapter_name})
 
 
-def load_lora(model: nn.Module, path: str | Path, adapter_name: str = "default") -> LoraSpec:
-    """Attach (if needed) and load an adapter written by `save_lora`; return its spec. Exact: every key must load."""
+def load_lora(model: nn.Module, path: str | Path, adapter_name: str = "default", *,
+              extra_targets: tuple[str, ...] = (), seed: int = 0) -> LoraSpec:
+    """Attach (if needed) and load an adapter written by `save_lora`; return its spec. Exact: every key must load.
+
+    `extra_targets` widens the adapter to more modules (e.g. the cross-attention a fine-tune on new words needs):
+    their lora_B starts at zero, so the loaded model computes exactly what the file's adapter did; the returned
+    spec lists them too, so `save_lora` writes the widened adapter."""
     state, meta = load_tensors(path)
     if not meta or "lora_spec" not in meta:
         raise ValueError(f"{path} is not a LoRA file written by anyflow (no lora_spec metadata)")
     spec = LoraSpec(**{**meta["lora_spec"], "targets": tuple(meta["lora_spec"]["targets"])})
+    new = tuple(t for t in dict.fromkeys(extra_targets) if t not in spec.targets)
+    spec = replace(spec, targets=spec.targets + new)
     if adapter_name not in getattr(model, "peft_config", {}):
-        attach_lora(model, spec, adapter_name)
+        attach_lora(model, spec, adapter_name, seed=seed)
+    elif new:
+        raise ValueError(f"adapter {adapter_name!r} is already attached: it cannot be widened to {list(new)}")
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
     if result.unexpected_keys:
         raise ValueError(f"{path}: keys not in the model: {sorted(result.unexpected_keys)[:5]}")
-    missing = [k for k in result.missing_keys if ".lora_" in k and f".{adapter_name}." in k]
+    missing = [k for k in result.missing_keys if ".lora_" in k and f".{adapter_name}." in k
+               and not any(f"{t}.lora_" in k for t in new)]
     if missing:
         raise ValueError(f"{path}: adapter {adapter_name!r} weights missing from the file: {missing[:5]}")
     return spec

@@ -74,6 +74,7 @@ class ParsedVideo:
     trajectory: np.ndarray   # [F, 2] centroid (y, x) of the main object; NaN rows where missing
     areas: np.ndarray | None = None       # [F] soft area of the main object, px; NaN where missing
     background_rgb: np.ndarray | None = None  # measured background colour (RGB)
+    colour_rgb: np.ndarray | None = None      # measured colour of the main object (RGB), before palette matching
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class _Blob:
     skew: float
 
 
-def _nearest(value: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
+def nearest_name(value: np.ndarray, palette: dict[str, tuple[float, float, float]]) -> str:
     """Name of the palette entry closest to `value` in RGB."""
     names = list(palette)
     dist = np.linalg.norm(np.array([palette[n] for n in names]) - value, axis=1)
@@ -217,7 +218,7 @@ def parse_video(video: np.ndarray, spec: WorldSpec = WorldSpec()) -> ParsedVideo
     count = sorted(counts)[len(counts) // 2]
     traj = np.full((len(video), 2), np.nan)
     tracks = _tracks(frames, gate=spec.object_size)
-    background = _nearest(bg, BACKGROUNDS)
+    background = nearest_name(bg, BACKGROUNDS)
     areas = np.full(len(video), np.nan)
     if not tracks:
         return ParsedVideo(background, None, None, None, 0.0, count, counts, traj, areas, bg)
@@ -225,10 +226,11 @@ def parse_video(video: np.ndarray, spec: WorldSpec = WorldSpec()) -> ParsedVideo
     for t, blob in main.items():
         traj[t] = blob.centroid
         areas[t] = blob.area
-    colour = _nearest(np.median([b.colour for b in main.values()], axis=0), COLOURS)
+    colour_rgb = np.median([b.colour for b in main.values()], axis=0)
+    colour = nearest_name(colour_rgb, COLOURS)
     shape = _shape(*np.median([(b.fill, b.skew) for b in main.values()], axis=0))
     direction, speed = _direction(traj, spec)
-    return ParsedVideo(background, colour, shape, direction, speed, count, counts, traj, areas, bg)
+    return ParsedVideo(background, colour, shape, direction, speed, count, counts, traj, areas, bg, colour_rgb)
 
 
 def parse_batch(videos: np.ndarray, spec: WorldSpec = WorldSpec()) -> list[ParsedVideo]:

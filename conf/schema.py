@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from anyflow.lora import SELF_ATTENTION_FFN, TIME_EMBEDDERS, LoraSpec
 from anyflow.toybuild import ToyTeacherSpec
+from anyflow.toydomains import DOMAINS
 from anyflow.vbench import VBenchSpec
 
 
@@ -167,7 +168,8 @@ class FinetuneConfig(Section):
     """Optional downstream fine-tuning of the distilled student (forward flow-map loss; paper Fig. 7-8)."""
 
     enabled: bool = False
-    domain: str = "downstream"         # the toy world's unseen (bouncing) domain, or a shard folder
+    domain: str = "purple"             # a toy downstream domain (anyflow.toydomains: purple, bouncing) or a shard folder
+    bench: str | None = None           # the toy domain whose DownstreamBench scores before/after (default: `domain`)
     num_samples: int = Field(1024, ge=1)                # rendered downstream videos (toy domain only)
     num_steps: int = Field(500, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -182,6 +184,9 @@ class FinetuneConfig(Section):
     anchor_weight: float = Field(0.0, ge=0)             # > 0: replayed rows train the anchor (keep the distilled
                                                         # student's own few-step map) instead of the flow-map loss
     anchor_nfe: int = Field(4, ge=1)                    # the anchored sampler's step count
+    # modules the distilled student's LoRA is widened to (zero-initialised): the stage-1/2 adapter has
+    # self-attention + FFN only, which cannot re-read the prompt; a new word needs the cross-attention keys/values
+    extra_lora_targets: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(100, ge=1)
@@ -189,6 +194,26 @@ class FinetuneConfig(Section):
     base_nfe_list: tuple[int, ...] = (4,)               # base-domain check: did fine-tuning forget?
     num_eval_prompts: int = Field(128, ge=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _domain_and_bench(self):
+        if self.domain not in DOMAINS and "/" not in self.domain and not Path(self.domain).is_dir():
+            raise ValueError(f"finetune.domain={self.domain!r} is neither a toy downstream domain "
+                             f"({', '.join(DOMAINS)}) nor a shard folder")
+        bench = self.bench or self.domain
+        if bench not in DOMAINS:
+            raise ValueError(f"finetune.bench={bench!r}: the before/after evaluation scores one of the toy "
+                             f"domains ({', '.join(DOMAINS)}); set finetune.bench when finetune.domain is a shard folder")
+        return self
+
+    @property
+    def bench_domain(self) -> str:
+        return self.bench or self.domain
+
+    @property
+    def renders_toy_domain(self) -> bool:
+        """True when `domain` names a toy downstream domain (rendered by the downstream_data stage)."""
+        return self.domain in DOMAINS
 
     @model_validator(mode="after")
     def _anchor_needs_replay(self):

@@ -95,7 +95,7 @@ def plan(cfg: conf.PipelineConfig) -> list[tuple[str, str, str]]:
              ("evaluate", lambda h: evaluate_key(cfg, h["teacher"], h["export"])))
     if cfg.finetune.enabled:
         from tasks.finetune import downstream_data_key, external_shards, finetune_eval_key, finetune_key
-        if cfg.finetune.domain == "downstream":
+        if cfg.finetune.renders_toy_domain:
             chain += (("downstream_data", lambda h: downstream_data_key(cfg, h["teacher"])),)
         else:
             handles["downstream_data"] = external_shards(cfg.finetune.domain)
@@ -185,7 +185,7 @@ def _report(summary: dict) -> None:
     if summary.get("finetune"):
         ft = summary["finetune"]
         print(f"[anyflow] fine-tuned student: {summary['finetuned_model']}")
-        print(f"[anyflow] downstream (bouncing) score at 4 NFE: {ft['downstream_before']:.3f} before -> "
+        print(f"[anyflow] downstream ({ft['bench']}) score at 4 NFE: {ft['downstream_before']:.3f} before -> "
               f"{ft['downstream_after']:.3f} after (real renders {ft['real_downstream_score']:.3f}); base-domain "
               f"4-NFE Total {ft['base_total_before']:.3f} -> {ft['base_total_after']:.3f} "
               f"({'within noise' if ft['base_within_noise'] else 'SIGNIFICANTLY LOWER'}); plot {ft['plot']}")

@@ -106,7 +106,7 @@ def pipeline(preset: str = "toy", overrides: list[str] | None = None, summary_js
 
 def _finetune(cfg, parent: str, summary: dict, t: StageHandle, base: StageHandle, distilled: StageHandle,
               exported: StageHandle) -> None:
-    if cfg.finetune.domain == "downstream":
+    if cfg.finetune.renders_toy_domain:
         data = _stage(downstream_data, cfg, downstream_data_key(cfg, t), downstream_data_params(cfg), parent, summary,
                       teacher=t)
     else:
@@ -116,8 +116,9 @@ def _finetune(cfg, parent: str, summary: dict, t: StageHandle, base: StageHandle
     fe = _stage(finetune_eval, cfg, finetune_eval_key(cfg, t, exported, ft), finetune_eval_params(cfg), parent,
                 summary, teacher=t, before=exported, after=ft)
     summary["finetuned_model"] = str(Path(ft.path) / ft.summary["model"])
-    summary["finetune"] = {k: fe.summary[k] for k in ("downstream_before", "downstream_after", "base_total_before",
-                                                      "base_total_after", "base_within_noise", "real_downstream_score")}
+    summary["finetune"] = {k: fe.summary[k] for k in ("bench", "downstream_before", "downstream_after",
+                                                      "base_total_before", "base_total_after", "base_within_noise",
+                                                      "real_downstream_score")}
     summary["finetune"]["plot"] = str(Path(fe.path) / fe.summary["plot"])
 
 

@@ -1,6 +1,6 @@
 """Downstream fine-tuning stages (DESIGN §1 "finetune", paper Fig. 7-8), after the main evaluation:
 
-  downstream_data   the toy world's bouncing domain rendered and encoded into shards (or a user's shard folder)
+  downstream_data   a toy downstream domain (anyflow.toydomains) rendered and encoded into shards (or a user's folder)
   finetune          the distilled student's LoRA continued with the forward flow-map loss, then exported
   finetune_eval     before vs after on the downstream domain at several NFEs, and on the base domain (forgetting)
 """
@@ -19,6 +19,7 @@ from anyflow.media import contact_sheet
 from anyflow.prompts import load_prompts
 from anyflow.shards import ShardReader
 from anyflow.toybuild import toy_world_of
+from anyflow.toydomains import DOMAINS, get_domain
 from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, folder_fingerprint, stage_key, write_json_atomic
@@ -26,7 +27,7 @@ from tasks.export import export_lora_student
 from tasks.stage1 import loss_spec
 from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
-EVAL_ONLY = ("nfe_list", "base_nfe_list", "num_eval_prompts")
+EVAL_ONLY = ("nfe_list", "base_nfe_list", "num_eval_prompts", "bench")
 
 
 # ------------------------------------------------------------------------------------- downstream data
@@ -45,7 +46,8 @@ def external_shards(folder: str | Path) -> StageHandle:
     """A handle on a user's shard folder (synthesis format), validated and keyed by its files."""
     folder = Path(folder).resolve()
     if not folder.is_dir():
-        raise FileNotFoundError(f"finetune.domain: {folder} is neither 'downstream' nor a shard folder")
+        raise FileNotFoundError(f"finetune.domain: {folder} is neither a toy domain ({', '.join(DOMAINS)}) "
+                                "nor a shard folder")
     reader = ShardReader(folder)
     return StageHandle("downstream_data", folder_fingerprint(folder), str(folder),
                        {"num_samples": reader.num_samples, "external": True})
@@ -55,10 +57,11 @@ def run_downstream_data(cfg: PipelineConfig, teacher: StageHandle, parent_run_id
     def build(out: Path, ctx: StageContext) -> dict:
         world = toy_world_of(teacher.path)
         if world is None:
-            raise ValueError(f"finetune.domain=downstream renders the toy world, but {teacher.path} is not a toy "
-                             "teacher: point finetune.domain at a shard folder instead")
+            raise ValueError(f"finetune.domain={cfg.finetune.domain} renders the toy world, but {teacher.path} is not "
+                             "a toy teacher: point finetune.domain at a shard folder instead")
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
-        return render_downstream_shards(model, world, out, num_samples=cfg.finetune.num_samples, seed=cfg.finetune.seed)
+        return render_downstream_shards(model, world, out, domain=cfg.finetune.domain,
+                                        num_samples=cfg.finetune.num_samples, seed=cfg.finetune.seed)
 
     return run_stage(cfg, "downstream_data", downstream_data_key(cfg, teacher), downstream_data_params(cfg),
                      parent_run_id, build, resumable=True)
@@ -106,7 +109,8 @@ def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle
                                       loss=loss_spec(cfg), loop=loop, batch_size=f.batch_size,
                                       gate_value=cfg.stage1.gate_value, replay_dir=replay_dir,
                                       replay_fraction=f.replay_fraction, anchor_weight=f.anchor_weight,
-                                      anchor_nfe=f.anchor_nfe, log=ctx.log, progress=progress)
+                                      anchor_nfe=f.anchor_nfe, extra_lora_targets=tuple(f.extra_lora_targets),
+                                      log=ctx.log, progress=progress)
         summary.pop("losses")
         folder = export_lora_student(cfg, teacher, out / "lora.safetensors", out / "model",
                                      {"student": "finetune", "base_student_key": student.key,
@@ -128,7 +132,7 @@ def finetune(cfg: PipelineConfig, parent_run_id: str | None, teacher: StageHandl
 
 def finetune_eval_params(cfg: PipelineConfig) -> dict:
     f = cfg.finetune
-    return {"nfe_list": list(f.nfe_list), "base_nfe_list": list(f.base_nfe_list),
+    return {"bench": f.bench_domain, "nfe_list": list(f.nfe_list), "base_nfe_list": list(f.base_nfe_list),
             "num_eval_prompts": f.num_eval_prompts, "seed": cfg.evaluation.seed}
 
 
@@ -147,21 +151,21 @@ def run_finetune_eval(cfg: PipelineConfig, teacher: StageHandle, before: StageHa
                              "is not a toy teacher (set finetune.enabled=false and evaluate the export yourself)")
         models = {"before": load_student(Path(before.path) / before.summary["model"]),
                   "after": load_student(Path(after.path) / after.summary["model"])}
-        rows, extra = compare_before_after(models, world, tuple(p["nfe_list"]), p["num_eval_prompts"], p["seed"],
-                                           tuple(p["base_nfe_list"]),
+        bench = get_domain(p["bench"])
+        rows, extra = compare_before_after(models, world, bench.name, tuple(p["nfe_list"]), p["num_eval_prompts"],
+                                           p["seed"], tuple(p["base_nfe_list"]),
                                            progress=lambda msg: print(f"[finetune_eval] {msg}", flush=True))
         conds, real = extra["conditions"], extra["real_downstream_score"]
         summary = {"real_downstream_score": real, **before_after_summary(rows, extra["per_video"], p["seed"])}
         base4 = summary["base"].get("4")
         for r in rows:
-            keys = ("score", "motion", "speed", "colour", "count") if r["domain"] == "downstream" else \
-                ("total", "quality", "semantic")
+            keys = ("score", *bench.items) if r["domain"] == "downstream" else ("total", "quality", "semantic")
             ctx.log({f"finetune/{r['domain']}/{r['model']}/{k}_nfe{r['nfe']}": r[k] for k in keys}, 0)
             ctx.log({f"finetune/{r['domain']}/{r['model']}/{keys[0]}": r[keys[0]]}, r["nfe"])
         ctx.log({"finetune/real_downstream_score": real}, 0)
         write_json_atomic(out / "table.json", rows)
         write_json_atomic(out / "comparison.json", summary)
-        plot = plot_before_after(rows, out / "downstream_vs_nfe.png", real_score=real)
+        plot = plot_before_after(rows, out / "downstream_vs_nfe.png", real_score=real, measures=bench.measures)
         nfe = 4 if 4 in p["nfe_list"] else p["nfe_list"][0]
         sheet = contact_sheet({f"{m} ({nfe} NFE)": extra["videos"][("downstream", m, nfe)][:4] for m in models},
                               out / "downstream_samples.png", columns=[c.prompt for c in conds[:4]])
@@ -169,7 +173,7 @@ def run_finetune_eval(cfg: PipelineConfig, teacher: StageHandle, before: StageHa
             ctx.log_artifact(path)
         headline = summary["downstream"][str(nfe)]
         ctx.tracker.set_tags(ctx.run_id, {"base_within_noise": str(summary["base_within_noise"]).lower()})
-        return {"table": "table.json", "plot": plot.name, "comparison": "comparison.json",
+        return {"bench": bench.name, "table": "table.json", "plot": plot.name, "comparison": "comparison.json",
                 "downstream_before": headline["before"], "downstream_after": headline["after"],
                 "base_total_before": base4["before"] if base4 else None,
                 "base_total_after": base4["after"] if base4 else None,

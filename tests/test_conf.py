@@ -84,3 +84,13 @@ def test_partial_nested_sections_keep_their_own_defaults():
     cfg = conf.load("toy", ["stage1.lora.rank=8", "teacher.toy.train.num_steps=7"])
     assert cfg.stage1.lora.rank == 8 and set(TIME_EMBEDDERS) <= set(cfg.stage1.lora.targets)
     assert cfg.teacher.toy.train.num_steps == 7 and cfg.teacher.toy.train.batch_size == 16
+
+
+def test_finetune_domain_is_a_toy_domain_or_a_folder_with_a_bench(tmp_path):
+    assert conf.load("toy").finetune.bench_domain == conf.load("toy").finetune.domain
+    with pytest.raises(ValueError, match="finetune.domain='downstream'.*purple"):
+        conf.load("toy", ["finetune.domain=downstream"])
+    with pytest.raises(ValueError, match="set finetune.bench"):
+        conf.load("toy", [f"finetune.domain={tmp_path}"])
+    cfg = conf.load("toy", [f"finetune.domain={tmp_path}", "finetune.bench=bouncing"])
+    assert cfg.finetune.bench_domain == "bouncing" and not cfg.finetune.renders_toy_domain

@@ -1,11 +1,14 @@
-"""Downstream fine-tuning pieces: DownstreamBench separates the two motions, mixed batches resume exactly,
-the paired before/after interval, and the forgetting verdict."""
+"""Downstream fine-tuning pieces: each domain's DownstreamBench separates it from the base domain, mixed batches
+resume exactly, the paired before/after interval, and the forgetting verdict."""
+
+import dataclasses
 
 import numpy as np
 import torch
 
 from anyflow import toyworld
-from anyflow.downstream import before_after_summary, downstream_scores, mixed_batches, paired_ci
+from anyflow.downstream import before_after_summary, mixed_batches, paired_ci
+from anyflow.toydomains import DOMAINS, bouncing_scores, get_domain, purple_conditions, render_in_colour
 from anyflow.shards import ShardReader
 from test_shards import write
 
@@ -14,12 +17,37 @@ def test_downstream_bench_scores_the_bouncing_law_not_the_base_motion():
     world = toyworld.WorldSpec()
     down = toyworld.sample_conditions(48, 3, "downstream", world)
     base = toyworld.sample_conditions(48, 3, "base", world)
-    d = downstream_scores(toyworld.render_batch(down, world), down, world)
-    b = downstream_scores(toyworld.render_batch(base, world), base, world)
+    d = bouncing_scores(toyworld.render_batch(down, world), down, world)
+    b = bouncing_scores(toyworld.render_batch(base, world), base, world)
     assert d["motion"].mean() > 0.9 and d["speed"].mean() > 0.95 and d["colour"].mean() == 1
     assert b["score"].mean() < 0.3 < 0.9 < d["score"].mean()
     static = np.repeat(toyworld.render_batch(down, world)[:, :1], world.num_frames, axis=1)   # frozen frame 0
-    assert downstream_scores(static, down, world)["score"].mean() < 0.3
+    assert bouncing_scores(static, down, world)["score"].mean() < 0.3
+
+
+def test_purple_bench_reads_the_new_colour_and_only_it():
+    """Purple renders score 1 on colour (and on shape, direction, count); the same prompts rendered in the
+    nearest base colours (magenta, blue) score 0: the score measures the new colour, not colour in general."""
+    world = toyworld.WorldSpec()
+    conds = purple_conditions(64, 5, world)
+    assert {c.colour for c in conds} == {"purple"} and len({c.prompt for c in conds}) > 20
+    bench = get_domain("purple")
+    good = bench.scores(bench.render(conds, world), conds, world)
+    assert good["score"].mean() == 1 and min(good[k].mean() for k in bench.items) >= 0.99
+    for near in ("magenta", "blue"):
+        shifted = [dataclasses.replace(c, colour=near) for c in conds]
+        assert bench.scores(render_in_colour(shifted, world), conds, world)["score"].mean() == 0
+    static = np.repeat(bench.render(conds, world)[:, :1], world.num_frames, axis=1)
+    assert bench.scores(static, conds, world)["direction"].mean() == 0
+    assert np.array_equal(render_in_colour(shifted, world), toyworld.render_batch(shifted, world))
+
+
+def test_every_domain_is_new_to_the_base_prompts():
+    """No downstream prompt is a base-domain prompt, and each domain's conditions are seeded."""
+    base = {c.prompt for c in toyworld.attribute_grid("base")}
+    for name, dom in DOMAINS.items():
+        first, again = dom.conditions(32, 1, toyworld.WorldSpec()), dom.conditions(32, 1, toyworld.WorldSpec())
+        assert first == again and not {c.prompt for c in first} & base, name
 
 
 def test_mixed_batches_hold_the_replay_share_and_resume_where_they_stopped(tmp_path):

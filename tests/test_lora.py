@@ -90,3 +90,27 @@ def test_lora_init_is_seeded_and_leaves_the_global_rng_alone():
     first = lora_a(0, global_seed=123)
     assert torch.equal(lora_a(0, global_seed=999), first)  # the global state does not matter
     assert not torch.equal(lora_a(1, global_seed=123), first)
+
+
+def test_widened_adapter_starts_where_the_file_left_off_and_saves_whole(tmp_path):
+    """extra_targets adds zero-initialised LoRA on new modules: the same outputs as the file's adapter, the new
+    modules train, and saving writes (and loading then needs) the widened adapter."""
+    student = perturbed_student()
+    ref = outputs(student)
+    path = save_lora(student, tmp_path / "adapter.safetensors", SPEC)
+    wide = student_from_teacher(tiny_wan()).eval()
+    spec = load_lora(wide, path, extra_targets=("attn2.to_k", "attn2.to_v", "attn1.to_q"))
+    assert spec.targets == SPEC.targets + ("attn2.to_k", "attn2.to_v")     # attn1.to_q was already there
+    assert torch.equal(outputs(wide), ref)
+    new = [p for n, p in wide.named_parameters() if "attn2.to_v.lora_B" in n]
+    assert new and all(p.requires_grad and not p.any() for p in new)
+    with torch.no_grad():
+        for p in new:
+            p.fill_(0.01)
+    wide_out = outputs(wide)
+    assert (wide_out - ref).abs().max() > 1e-4                            # the cross-attention adapter acts
+    wide_path = save_lora(wide, tmp_path / "wide.safetensors", spec)
+    again = student_from_teacher(tiny_wan()).eval()
+    assert load_lora(again, wide_path) == spec and torch.equal(outputs(again), wide_out)
+    with pytest.raises(ValueError, match="already attached"):
+        load_lora(again, path, extra_targets=("attn2.to_q",))

@@ -50,7 +50,9 @@ def test_first_run_builds_every_stage(twice):
     replay = ShardReader(Path(first["stages"]["finetune"]["path"], "replay"))   # the distilled student's samples
     assert replay.num_samples == 8 and first["stages"]["finetune"]["replay_per_batch"] == 2
     assert first["stages"]["finetune"]["anchor_weight"] == 1.0       # the replayed rows train the anchor
+    assert {"attn1.to_q", "attn2.to_k", "attn2.to_v"} <= set(first["stages"]["finetune"]["lora_targets"])
     ft = first["finetune"]
+    assert ft["bench"] == "purple"
     assert 0 <= ft["downstream_before"] <= 1 and 0 <= ft["downstream_after"] <= 1 and ft["real_downstream_score"] > 0.9
 
 

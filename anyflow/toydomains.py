@@ -119,7 +119,7 @@ def bouncing_scores(videos: np.ndarray, conds: list[Condition], world: WorldSpec
 
 
 DOMAINS: dict[str, Domain] = {
-    "purple": Domain("purple", "purple objects (a new colour word)", purple_conditions, render_in_colour,
+    "purple": Domain("purple", "purple objects", purple_conditions, render_in_colour,
                      attribute_scores, ("colour", "shape", "direction", "count")),
     "bouncing": Domain("bouncing", "bouncing motion", bouncing_conditions, toyworld.render_batch, bouncing_scores,
                        ("motion", "speed", "colour", "count")),

@@ -70,7 +70,8 @@ def attribute_scores(videos: np.ndarray, conds: list[Condition], world: WorldSpe
     """colour (matched over OBJECT_COLOURS), shape, direction against the prompt, and count; score = colour."""
     out = {k: [] for k in ("colour", "shape", "direction", "count")}
     for cond, p in zip(conds, parse_batch(videos, world)):
-        out["colour"].append(float(p.colour_rgb is not None and nearest_name(p.colour_rgb, OBJECT_COLOURS) == cond.colour))
+        seen = nearest_name(p.colour_rgb, OBJECT_COLOURS) if p.colour_rgb is not None else None
+        out["colour"].append(float(seen == cond.colour))
         out["shape"].append(float(p.shape == cond.shape))
         out["direction"].append(float(p.direction == cond.direction))
         out["count"].append(float(np.mean([n == 1 for n in p.counts])))
@@ -89,8 +90,9 @@ def _bounce_tracks(world: WorldSpec) -> np.ndarray:
     half = world.object_size / 2 + 1
     ys = np.arange(half, world.height - half + 1e-9, _START_GRID_PX)
     xs = np.arange(half, world.width - half + 1e-9, _START_GRID_PX)
-    return np.stack([toyworld.trajectory(Condition("circle", "red", "black", d, "bouncing", (float(y), float(x))), world)
-                     for d in toyworld.DIRECTIONS for y in ys for x in xs])
+    conds = [Condition("circle", "red", "black", d, "bouncing", (float(y), float(x)))
+             for d in toyworld.DIRECTIONS for y in ys for x in xs]
+    return np.stack([toyworld.trajectory(c, world) for c in conds])
 
 
 def motion_fit(track: np.ndarray, candidates: np.ndarray) -> float:
@@ -111,7 +113,8 @@ def bouncing_scores(videos: np.ndarray, conds: list[Condition], world: WorldSpec
         steps = np.linalg.norm(np.diff(p.trajectory[ok], axis=0), axis=1) / np.diff(np.flatnonzero(ok)) \
             if ok.sum() >= 2 else np.array([])
         out["motion"].append(motion_fit(p.trajectory, candidates))
-        out["speed"].append(float(np.exp(-abs(np.median(steps) - world.bounce_speed) / SPEED_S_PX)) if len(steps) else 0.0)
+        speed = float(np.median(steps)) if len(steps) else None
+        out["speed"].append(float(np.exp(-abs(speed - world.bounce_speed) / SPEED_S_PX)) if speed is not None else 0.0)
         out["colour"].append(float(p.colour == cond.colour))
         out["count"].append(float(np.mean([n == 1 for n in p.counts])))
     scores = {k: np.asarray(v) for k, v in out.items()}

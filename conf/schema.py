@@ -168,7 +168,7 @@ class FinetuneConfig(Section):
     """Optional downstream fine-tuning of the distilled student (forward flow-map loss; paper Fig. 7-8)."""
 
     enabled: bool = False
-    domain: str = "purple"             # a toy downstream domain (anyflow.toydomains: purple, bouncing) or a shard folder
+    domain: str = "purple"             # a toy domain (anyflow.toydomains: purple, bouncing) or a shard folder
     bench: str | None = None           # the toy domain whose DownstreamBench scores before/after (default: `domain`)
     num_samples: int = Field(1024, ge=1)                # rendered downstream videos (toy domain only)
     num_steps: int = Field(500, ge=1)
@@ -202,8 +202,8 @@ class FinetuneConfig(Section):
                              f"({', '.join(DOMAINS)}) nor a shard folder")
         bench = self.bench or self.domain
         if bench not in DOMAINS:
-            raise ValueError(f"finetune.bench={bench!r}: the before/after evaluation scores one of the toy "
-                             f"domains ({', '.join(DOMAINS)}); set finetune.bench when finetune.domain is a shard folder")
+            raise ValueError(f"finetune.bench={bench!r}: the before/after evaluation scores one of the toy domains "
+                             f"({', '.join(DOMAINS)}); set finetune.bench when finetune.domain is a shard folder")
         return self
 
     @property

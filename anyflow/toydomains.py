@@ -56,7 +56,9 @@ def purple_conditions(num: int, seed: int, world: WorldSpec = WorldSpec()) -> li
 
 
 def render_in_colour(conds: list[Condition], world: WorldSpec = WorldSpec()) -> np.ndarray:
-    """Render conditions whose colour may be outside the base palette (OBJECT_COLOURS), [N, F, H, W, 3]."""
+    """Render conditions whose colour may be outside the base palette (OBJECT_COLOURS), [N, F, H, W, 3]; for base
+    colours it equals toyworld.render_batch (tested). toyworld itself stays unchanged: it is part of the toy
+    teacher's code version, so editing it would retire the prebuilt teacher."""
     videos = []
     for cond in conds:
         bg = np.array(toyworld.BACKGROUNDS[cond.background], dtype=np.float32)

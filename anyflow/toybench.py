@@ -90,7 +90,7 @@ def per_video_scores(videos: np.ndarray, conds: list[toyworld.Condition], spec: 
         out["colour"].append(float(p.colour == cond.colour))
         out["shape"].append(float(p.shape == cond.shape))
         out["direction"].append(float(p.direction == cond.direction))
-        out["count"].append(float(np.mean([n == 1 for n in p.counts])))
+        out["count"].append(p.single_object_share)
         out["trajectory"].append(_trajectory_score(p.trajectory))
         out["identity"].append(_identity(p.areas))
         out["flicker"].append(_flicker(video, p.background_rgb))

@@ -16,12 +16,13 @@ in [0, 1] with the headline `score`: the behaviour the base student lacks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from anyflow import toyworld
+from anyflow import toybench, toyworld
 from anyflow.toyparser import nearest_name, parse_batch
 from anyflow.toyworld import Condition, WorldSpec
 
@@ -69,16 +70,12 @@ def render_in_colour(conds: list[Condition], world: WorldSpec = WorldSpec()) -> 
 
 
 def attribute_scores(videos: np.ndarray, conds: list[Condition], world: WorldSpec) -> dict[str, np.ndarray]:
-    """colour (matched over OBJECT_COLOURS), shape, direction against the prompt, and count; score = colour."""
-    out = {k: [] for k in ("colour", "shape", "direction", "count")}
-    for cond, p in zip(conds, parse_batch(videos, world)):
-        seen = nearest_name(p.colour_rgb, OBJECT_COLOURS) if p.colour_rgb is not None else None
-        out["colour"].append(float(seen == cond.colour))
-        out["shape"].append(float(p.shape == cond.shape))
-        out["direction"].append(float(p.direction == cond.direction))
-        out["count"].append(float(np.mean([n == 1 for n in p.counts])))
-    scores = {k: np.asarray(v) for k, v in out.items()}
-    return {**scores, "score": scores["colour"]}
+    """colour (matched over OBJECT_COLOURS), and ToyBench's shape, direction and count items; score = colour."""
+    parsed = parse_batch(videos, world)
+    items = toybench.per_video_scores(videos, conds, world, parsed)
+    colour = np.array([float(p.colour_rgb is not None and nearest_name(p.colour_rgb, OBJECT_COLOURS) == c.colour)
+                       for c, p in zip(conds, parsed)])
+    return {"colour": colour, **{k: items[k] for k in ("shape", "direction", "count")}, "score": colour}
 
 
 # ---------------------------------------------------------------------------------------------- bouncing
@@ -87,8 +84,10 @@ def bouncing_conditions(num: int, seed: int, world: WorldSpec = WorldSpec()) -> 
     return toyworld.sample_conditions(num, seed, "downstream", world)
 
 
+@functools.lru_cache(maxsize=4)
 def _bounce_tracks(world: WorldSpec) -> np.ndarray:
-    """Every bouncing trajectory on a 0.25 px start grid, all 4 directions: [K, F, 2]."""
+    """Every bouncing trajectory on a 0.25 px start grid, all 4 directions: [K, F, 2] (0.7 s to build, so cached
+    per world: the before/after evaluation scores every model at every NFE)."""
     half = world.object_size / 2 + 1
     ys = np.arange(half, world.height - half + 1e-9, _START_GRID_PX)
     xs = np.arange(half, world.width - half + 1e-9, _START_GRID_PX)
@@ -118,7 +117,7 @@ def bouncing_scores(videos: np.ndarray, conds: list[Condition], world: WorldSpec
         speed = float(np.median(steps)) if len(steps) else None
         out["speed"].append(float(np.exp(-abs(speed - world.bounce_speed) / SPEED_S_PX)) if speed is not None else 0.0)
         out["colour"].append(float(p.colour == cond.colour))
-        out["count"].append(float(np.mean([n == 1 for n in p.counts])))
+        out["count"].append(p.single_object_share)
     scores = {k: np.asarray(v) for k, v in out.items()}
     return {**scores, "score": (scores["motion"] + scores["speed"]) / 2}
 

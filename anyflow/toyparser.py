@@ -76,6 +76,11 @@ class ParsedVideo:
     background_rgb: np.ndarray | None = None  # measured background colour (RGB)
     colour_rgb: np.ndarray | None = None      # measured colour of the main object (RGB), before palette matching
 
+    @property
+    def single_object_share(self) -> float:
+        """Fraction of frames with exactly one object (the count item of ToyBench and DownstreamBench)."""
+        return float(np.mean([n == 1 for n in self.counts]))
+
 
 @dataclass(frozen=True)
 class _Blob:

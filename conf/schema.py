@@ -200,9 +200,8 @@ class FinetuneConfig(Section):
         if self.domain not in DOMAINS and "/" not in self.domain and not Path(self.domain).is_dir():
             raise ValueError(f"finetune.domain={self.domain!r} is neither a toy downstream domain "
                              f"({', '.join(DOMAINS)}) nor a shard folder")
-        bench = self.bench or self.domain
-        if bench not in DOMAINS:
-            raise ValueError(f"finetune.bench={bench!r}: the before/after evaluation scores one of the toy domains "
+        if self.bench_domain not in DOMAINS:
+            raise ValueError(f"finetune.bench={self.bench_domain!r}: the before/after evaluation scores one of the toy domains "
                              f"({', '.join(DOMAINS)}); set finetune.bench when finetune.domain is a shard folder")
         return self
 

@@ -29,7 +29,7 @@ from anyflow.shards import Batch, ShardReader, ShardWriter, open_shards, real_ro
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.schedule import time_grid
 from anyflow.student import average_velocity, student_from_teacher
-from anyflow.toydomains import get_domain
+from anyflow.toydomains import Domain, get_domain
 from anyflow.training import LogFn, LoopSpec, train
 from anyflow.wan import Teacher
 
@@ -211,20 +211,19 @@ def paired_ci(after: np.ndarray, before: np.ndarray, samples: int = 1000, seed: 
     return float(d.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, domain: str, nfes: tuple[int, ...],
+def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, dom: Domain, nfes: tuple[int, ...],
                          num_prompts: int, seed: int, base_nfes: tuple[int, ...] = (4,),
                          progress=lambda msg: None) -> tuple[list[dict], dict]:
-    """Score exported students (e.g. {"before": …, "after": …}) with common random numbers: the toy `domain`'s
+    """Score exported students (e.g. {"before": …, "after": …}) with common random numbers: the toy domain `dom`'s
     DownstreamBench on its prompts at `nfes` (rows with domain "downstream"), ToyBench Total on base-domain
     prompts at `base_nfes` (did it forget?).
     Returns (rows, {"per_video": {(domain, model, nfe): per-video headline}, "videos": {...}, "conditions": the
     downstream prompts' conditions, "real_downstream_score": real renders of them scored the same way})."""
     from anyflow import toybench
 
-    dom = get_domain(domain)
     down = dom.conditions(num_prompts, seed, world)
     base = toyworld.sample_conditions(num_prompts, seed, "base", world)
-    real = toybench.real_reference(base, world, seed)
+    base_real = toybench.real_reference(base, world, seed)
     rows, per_video, videos = [], {}, {}
     for name, model in models.items():
         for nfe in nfes:
@@ -237,12 +236,12 @@ def compare_before_after(models: dict[str, Student], world: toyworld.WorldSpec, 
         for nfe in base_nfes:
             progress(f"{name}: base domain, NFE {nfe}")
             vids = model.generate([c.prompt for c in base], nfe=nfe, seed=seed)
-            metrics, totals = toybench.score(vids, base, world, real, seed=seed)
+            metrics, totals = toybench.score(vids, base, world, base_real, seed=seed)
             rows.append({"domain": "base", "model": name, "nfe": nfe, "total": metrics["total"],
                          "quality": metrics["quality"], "semantic": metrics["semantic"]})
             per_video[("base", name, nfe)] = totals
-    real = float(dom.scores(dom.render(down, world), down, world)["score"].mean())
-    return rows, {"per_video": per_video, "videos": videos, "conditions": down, "real_downstream_score": real}
+    real_score = float(dom.scores(dom.render(down, world), down, world)["score"].mean())
+    return rows, {"per_video": per_video, "videos": videos, "conditions": down, "real_downstream_score": real_score}
 
 
 def plot_before_after(rows: list[dict], path: str | Path, real_score: float | None = None,

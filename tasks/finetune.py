@@ -152,7 +152,7 @@ def run_finetune_eval(cfg: PipelineConfig, teacher: StageHandle, before: StageHa
         models = {"before": load_student(Path(before.path) / before.summary["model"]),
                   "after": load_student(Path(after.path) / after.summary["model"])}
         bench = get_domain(p["bench"])
-        rows, extra = compare_before_after(models, world, bench.name, tuple(p["nfe_list"]), p["num_eval_prompts"],
+        rows, extra = compare_before_after(models, world, bench, tuple(p["nfe_list"]), p["num_eval_prompts"],
                                            p["seed"], tuple(p["base_nfe_list"]),
                                            progress=lambda msg: print(f"[finetune_eval] {msg}", flush=True))
         conds, real = extra["conditions"], extra["real_downstream_score"]

@@ -116,10 +116,11 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
     ref_videos = teacher.decode(ref_latents)
 
     rows, videos, totals = [], {}, {}
+    patch = getattr(teacher.vae.config, "scale_factor_spatial", None)   # the seam diagnostic's patch size
 
     def add(model: str, nfe: int, steps: int, latents: torch.Tensor) -> None:
         vids = teacher.decode(latents)
-        metrics, per_video = toybench.score(vids, conds, world, real, seed=spec.seed)
+        metrics, per_video = toybench.score(vids, conds, world, real, seed=spec.seed, patch=patch)
         se, lo, hi = bootstrap_ci(per_video, spec.bootstrap_samples, spec.seed)
         fid = toybench.fidelity(latents.numpy(), ref_latents.numpy(), vids, ref_videos)
         rows.append({"model": model, "nfe": nfe, "steps": steps, **metrics, **fid,

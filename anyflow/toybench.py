@@ -21,6 +21,9 @@ Per set:
              ‖x − R‖² / ‖R − mean R‖² and pixel PSNR against the decoded reference (diagnostic, not in Total)
   sharpness  ratio of mean spatial gradient |∇v| to the real reference (< 1 blur, > 1 noise);
              score max(0, 1 − |log ratio|)
+  seams      (when the VAE's patch size is given) seam contrast, mean |Δv| across the VAE's patch seams
+             ÷ mean |Δv| inside patches, relative to the real reference's (1: as real; > 1: blocking, the
+             patch decoder's signature of off-manifold latents; diagnostic, not in Total)
 Aggregate: Quality = (identity + flicker + jerk + 0.5·dynamic + distribution + sharpness) / 5.5,
            Semantic = mean(count, colour, shape, direction, trajectory), Total = (4·Quality + Semantic) / 5.
 """
@@ -168,6 +171,23 @@ def sharpness(videos: np.ndarray) -> float:
     return float(np.sqrt(gy ** 2 + gx ** 2).mean())
 
 
+def seam_contrast(videos: np.ndarray, patch: int) -> float:
+    """Mean |Δv| between neighbouring pixels on either side of a `patch`-pixel seam ÷ mean |Δv| between
+    neighbours inside a patch (both spatial axes; videos [B, F, H, W, 3])."""
+    seam, inside = [], []
+    for axis in (2, 3):
+        d = np.abs(np.diff(videos, axis=axis))
+        on_seam = np.arange(d.shape[axis]) % patch == patch - 1
+        seam.append(np.compress(on_seam, d, axis=axis).mean())
+        inside.append(np.compress(~on_seam, d, axis=axis).mean())
+    return float(np.mean(seam) / max(np.mean(inside), 1e-12))
+
+
+def seam_ratio(videos: np.ndarray, real: RealReference, patch: int) -> float:
+    """Seam contrast relative to the real reference's (1: as real, > 1: blocking)."""
+    return seam_contrast(videos, patch) / max(seam_contrast(real.videos, patch), 1e-12)
+
+
 def sharpness_score(videos: np.ndarray, real: RealReference) -> tuple[float, float]:
     """(ratio generated ÷ real, score max(0, 1 − |log ratio|))."""
     ratio = sharpness(videos) / max(sharpness(real.videos), 1e-12)
@@ -197,8 +217,9 @@ def fidelity(latents: np.ndarray, ref_latents: np.ndarray, videos: np.ndarray, r
 
 
 def score(videos: np.ndarray, conds: list[toyworld.Condition], spec: toyworld.WorldSpec, real: RealReference,
-          seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
-    """All ToyBench numbers for one video set: (metrics, per-video Total)."""
+          seed: int = 0, patch: int | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """All ToyBench numbers for one video set: (metrics, per-video Total). `patch`: the VAE's spatial patch
+    size, for the seam diagnostic."""
     per_video = per_video_scores(videos, conds, spec)
     swd, dist = distribution_score(videos, real, seed)
     ratio, sharp = sharpness_score(videos, real)
@@ -206,4 +227,6 @@ def score(videos: np.ndarray, conds: list[toyworld.Condition], spec: toyworld.Wo
     items = {**{k: float(v.mean()) for k, v in per_video.items()}, **set_items}
     metrics = {**items, **aggregate(items), "swd": swd, "swd_floor": real.floor, "swd_floor_std": real.floor_std,
                "sharpness_ratio": ratio}
+    if patch is not None:
+        metrics["seam_ratio"] = seam_ratio(videos, real, patch)
     return metrics, per_video_total(per_video, set_items)

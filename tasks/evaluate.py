@@ -23,7 +23,7 @@ from tasks.artifacts import StageHandle, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 
 HEADLINE = ("total", "quality", "semantic", "colour", "shape", "direction", "count", "dynamic", "swd",
-            "sharpness_ratio", "latent_rel_error", "psnr")
+            "sharpness_ratio", "seam_ratio", "latent_rel_error", "psnr")
 
 
 def evaluate_params(cfg: PipelineConfig) -> dict:

@@ -47,6 +47,7 @@ def test_tiny_sweep_on_the_ci_teacher(ci_teacher, tmp_path):
     ref = next(r for r in result.rows if r["model"] == "reference")
     assert ref["latent_rel_error"] == 0
     assert all(0 <= r["total"] <= 1 and r["total_ci_lo"] <= r["total"] <= r["total_ci_hi"] for r in result.rows)
+    assert all(r["seam_ratio"] > 0 for r in result.rows)     # the VAE's patch size reached ToyBench
     assert set(result.anystep) == {"ok", "pairs", "spearman"}
     assert result.videos[("student", 2)].shape == (4, 9, 32, 32, 3)
     plot_sweep(result.rows, tmp_path / "plot.png")

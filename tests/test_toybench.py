@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from anyflow import toyworld
-from anyflow.toybench import aggregate, fidelity, real_reference, score
+from anyflow.toybench import aggregate, fidelity, real_reference, score, seam_contrast
 
 SPEC = toyworld.WorldSpec()
 
@@ -56,3 +56,20 @@ def test_fidelity_to_the_reference():
     assert same["latent_rel_error"] == 0 and same["psnr"] > 100
     off = fidelity(lat + 0.1, lat, vid * 0.9, vid)
     assert 0 < off["latent_rel_error"] < 0.1 and 15 < off["psnr"] < 40
+
+
+def test_seam_ratio_catches_blocking_and_not_blur(world):
+    """Blocking (an offset per 4x4 patch, what a patch decoder makes of off-manifold latents) raises the seam
+    ratio; real videos sit at 1 and blur does not raise it."""
+    conds, videos, real = world
+    assert "seam_ratio" not in score(videos, conds, SPEC, real)[0]
+    assert score(videos, conds, SPEC, real, patch=4)[0]["seam_ratio"] == pytest.approx(1.0, abs=0.1)
+    rng = np.random.default_rng(2)
+    b, f, h, w, _ = videos.shape
+    offsets = np.repeat(np.repeat(rng.normal(0, 0.03, (b, f, h // 4, w // 4, 1)), 4, 2), 4, 3).astype(np.float32)
+    blocky = score(np.clip(videos + offsets, 0, 1), conds, SPEC, real, patch=4)[0]["seam_ratio"]
+    assert blocky > 1.5
+    blurred = (videos + np.roll(videos, 1, 2) + np.roll(videos, -1, 2) + np.roll(videos, 1, 3) + np.roll(videos, -1, 3)) / 5
+    assert score(blurred, conds, SPEC, real, patch=4)[0]["seam_ratio"] < 1.1
+    # the seam grid is the patch grid: the same offsets seen with the wrong patch size read much weaker
+    assert seam_contrast(np.clip(videos + offsets, 0, 1), 4) > seam_contrast(np.clip(videos + offsets, 0, 1), 3)

@@ -2,10 +2,11 @@
 linear warm-up then constant LR, gradient clipping, EMA of the trainable parameters, periodic checkpoints
 with exact resume, metrics through `log`, a progress bar. Each stage supplies its step function.
 
-Exact resume: a checkpoint holds accelerate's `save_state` (model, optimizer, scheduler, RNG states), the
-EMA shadow weights and the step's own generator state (safetensors), and `progress.json` (step, data
-position). A run restarted from it draws the same batches and noise and reproduces the uninterrupted loss
-curve. Checkpoints are written to a temporary directory and renamed into place; the last two are kept.
+Exact resume: a checkpoint holds accelerate's `save_state` (model, optimizer, scheduler, every process's RNG
+states), the EMA shadow weights, every process's own step generator state (safetensors), and `progress.json`
+(step, data position). A run restarted from it, with one process or several, draws the same batches and noise
+and reproduces the uninterrupted loss curve. Checkpoints are written to a temporary directory and renamed
+into place; the last two are kept.
 """
 
 from __future__ import annotations
@@ -63,12 +64,17 @@ def _save(accelerator: Accelerator, ckpt_dir: Path, step: int, position: int, em
           generator: torch.Generator) -> None:
     name = f"step-{step:07d}"
     tmp = ckpt_dir / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    # accelerate's save_state has no barrier of its own: without these, one process could clear `tmp` while
+    # another writes into it, or the main process could rename it before the others' RNG states are in.
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)       # each process writes its own RNG states
+    save_tensors({"state": generator.get_state()}, tmp / f"generator-{accelerator.process_index}.safetensors")
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_tensors({f"shadow.{i}": p for i, p in enumerate(ema.shadow_params)}, tmp / "ema.safetensors",
                      metadata={"optimization_step": ema.optimization_step})
-        save_tensors({"state": generator.get_state()}, tmp / f"generator-{accelerator.process_index}.safetensors")
         (tmp / "progress.json").write_text(json.dumps({"step": step, "position": position}))
         os.replace(tmp, ckpt_dir / name)
         pointer = ckpt_dir / "latest.json.tmp"

@@ -1,5 +1,5 @@
 """Stage 1 under torchrun with 2 CPU processes (gloo): same global batch as 1 process, synchronised
-weights, and the same loss statistics."""
+weights, the same loss statistics, and exact resume from a 2-process checkpoint."""
 
 import json
 
@@ -50,3 +50,15 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
     se = np.sqrt(l1.var() / len(l1) + l2.var() / len(l2))
     assert abs(l1.mean() - l2.mean()) < 3 * se + 0.05 * l1.mean()          # same loss statistics
     json.dumps(summary2)
+
+    # Interrupted after 8 steps, then resumed: every process gets its own RNG states back, and the last 8 losses
+    # are the uninterrupted run's.
+    half = conf.load("ci", [*steps[1:], "stage1.num_steps=8", "stage1.batch_size=4", "stage1.num_processes=2"])
+    _launch(half, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "resumed", ctx)
+    ckpt = tmp_path / "resumed" / "checkpoints" / "step-0000008"
+    assert {f"random_states_{r}.pkl" for r in (0, 1)} | {f"generator-{r}.safetensors" for r in (0, 1)} \
+        <= {f.name for f in ckpt.iterdir()}
+    assert not list((tmp_path / "resumed" / "checkpoints").glob(".*.tmp"))
+    resumed = _launch(two, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "resumed", ctx)
+    assert resumed["resumed_from"] == 8
+    np.testing.assert_allclose(resumed["losses"], summary2["losses"][8:], rtol=1e-6)

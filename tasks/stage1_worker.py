@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from anyflow.lora import lora_parameters
 from anyflow.stage1 import train_stage1
@@ -21,6 +22,7 @@ from conf import validate
 from tasks.stage1 import loss_spec, stage1_loop
 
 
+@record   # a failing rank's traceback goes into the launcher's failure summary (the end of stderr)
 def main(job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     cfg = validate(job["config"], source=job_path)

@@ -62,3 +62,20 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
     resumed = _launch(two, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "resumed", ctx)
     assert resumed["resumed_from"] == 8
     np.testing.assert_allclose(resumed["losses"], summary2["losses"][8:], rtol=1e-6)
+
+
+def test_failing_worker_names_its_error(random_wan_folder, tmp_path):
+    """The launcher's root-cause summary (the end of stderr, which the task's error keeps) carries the failing
+    rank's own exception, here the missing shard folder, not only a pointer to the elastic-errors docs."""
+    from types import SimpleNamespace
+
+    from tasks.stage1 import _launch
+
+    cfg = conf.load("ci", ["stage1.num_steps=2", "stage1.batch_size=2", "stage1.num_processes=2"])
+    handle = lambda stage, path: SimpleNamespace(stage=stage, key=stage, path=str(path), summary={})
+    missing = tmp_path / "no-shards"
+    with pytest.raises(RuntimeError, match="multi-process stage 1 failed") as err:
+        _launch(cfg, handle("teacher", random_wan_folder), handle("synthesis", missing), tmp_path / "out",
+                SimpleNamespace(log=lambda m, s: None))
+    root_cause = str(err.value).split("Root Cause")[-1]
+    assert "ShardError" in root_cause and str(missing) in root_cause

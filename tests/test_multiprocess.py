@@ -2,6 +2,7 @@
 weights, the same loss statistics, and exact resume from a 2-process checkpoint."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,9 +26,12 @@ def data(tmp_path_factory):
     return out
 
 
-def test_two_processes_match_one(random_wan_folder, data, tmp_path):
-    from types import SimpleNamespace
+def _handle(stage, path):
+    """A stand-in for the StageHandle an upstream stage would pass."""
+    return SimpleNamespace(stage=stage, key=stage, path=str(path), summary={})
 
+
+def test_two_processes_match_one(random_wan_folder, data, tmp_path):
     from anyflow.stage1 import train_stage1
     from anyflow.wan import load_teacher
     from tasks.stage1 import _launch, loss_spec, stage1_loop
@@ -37,8 +41,8 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
     one = conf.load("ci", [*steps, "stage1.batch_size=8"])
     logged = []
     ctx = SimpleNamespace(log=lambda m, s: logged.append((s, m)))
-    handle = lambda stage, path: SimpleNamespace(stage=stage, key=stage, path=str(path), summary={})
-    summary2 = _launch(two, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "two", ctx)
+    teacher, shards = _handle("teacher", random_wan_folder), _handle("synthesis", data)
+    summary2 = _launch(two, teacher, shards, tmp_path / "two", ctx)
     assert summary2["num_processes"] == 2 and len(set(summary2["weight_checksums"])) == 1   # in sync
     assert [s for s, _ in logged] == list(range(16)) and (tmp_path / "two" / "lora.safetensors").is_file()
 
@@ -54,12 +58,12 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
     # Interrupted after 8 steps, then resumed: every process gets its own RNG states back, and the last 8 losses
     # are the uninterrupted run's.
     half = conf.load("ci", [*steps[1:], "stage1.num_steps=8", "stage1.batch_size=4", "stage1.num_processes=2"])
-    _launch(half, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "resumed", ctx)
+    _launch(half, teacher, shards, tmp_path / "resumed", ctx)
     ckpt = tmp_path / "resumed" / "checkpoints" / "step-0000008"
     assert {f"random_states_{r}.pkl" for r in (0, 1)} | {f"generator-{r}.safetensors" for r in (0, 1)} \
         <= {f.name for f in ckpt.iterdir()}
     assert not list((tmp_path / "resumed" / "checkpoints").glob(".*.tmp"))
-    resumed = _launch(two, handle("teacher", random_wan_folder), handle("synthesis", data), tmp_path / "resumed", ctx)
+    resumed = _launch(two, teacher, shards, tmp_path / "resumed", ctx)
     assert resumed["resumed_from"] == 8
     np.testing.assert_allclose(resumed["losses"], summary2["losses"][8:], rtol=1e-6)
 
@@ -67,15 +71,12 @@ def test_two_processes_match_one(random_wan_folder, data, tmp_path):
 def test_failing_worker_names_its_error(random_wan_folder, tmp_path):
     """The launcher's root-cause summary (the end of stderr, which the task's error keeps) carries the failing
     rank's own exception, here the missing shard folder, not only a pointer to the elastic-errors docs."""
-    from types import SimpleNamespace
-
     from tasks.stage1 import _launch
 
     cfg = conf.load("ci", ["stage1.num_steps=2", "stage1.batch_size=2", "stage1.num_processes=2"])
-    handle = lambda stage, path: SimpleNamespace(stage=stage, key=stage, path=str(path), summary={})
     missing = tmp_path / "no-shards"
     with pytest.raises(RuntimeError, match="multi-process stage 1 failed") as err:
-        _launch(cfg, handle("teacher", random_wan_folder), handle("synthesis", missing), tmp_path / "out",
+        _launch(cfg, _handle("teacher", random_wan_folder), _handle("synthesis", missing), tmp_path / "out",
                 SimpleNamespace(log=lambda m, s: None))
     root_cause = str(err.value).split("Root Cause")[-1]
     assert "ShardError" in root_cause and str(missing) in root_cause

@@ -27,8 +27,10 @@ def data(tmp_path_factory):
 
 
 def _handle(stage, path):
-    """A stand-in for the StageHandle an upstream stage would pass."""
-    return SimpleNamespace(stage=stage, key=stage, path=str(path), summary={})
+    """The StageHandle an upstream stage would pass (only its path is read)."""
+    from tasks.artifacts import StageHandle
+
+    return StageHandle(stage=stage, key=stage, path=str(path), summary={})
 
 
 def test_two_processes_match_one(random_wan_folder, data, tmp_path):

@@ -154,6 +154,7 @@ class EvaluationConfig(Section):
     teacher_guidance_scale: float = Field(4.0, ge=1.0)
     reference_steps: int = Field(50, ge=1)                 # the teacher's full-step CFG reference
     bootstrap_samples: int = Field(1000, ge=0)
+    shift: float | None = Field(None, gt=0)                # sampling-grid shift of every model; None: stage1.shift
     seed: int = 1234
 
     @field_validator("nfe_list")

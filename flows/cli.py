@@ -157,13 +157,15 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_table(rows: list[dict]) -> str:
-    """ToyBench Total by NFE: the student, the teacher's Euler + CFG at the same NFE, and the full-step reference."""
+def score_table(rows: list[dict], shift: float | None = None) -> str:
+    """ToyBench Total by NFE: the student, the teacher's Euler + CFG at the same NFE, and the full-step reference
+    (all on N-step grids with time shift `shift`, when given)."""
     nfes = sorted({r["nfe"] for r in rows if r["model"] == "student"})
     get = {(r["model"], r["nfe"]): r["total"] for r in rows}
     ref = next((r for r in rows if r["model"] == "reference"), None)
     cell = lambda m, n: f"{get[(m, n)]:.3f}" if (m, n) in get else "  -  "
-    lines = ["[anyflow] ToyBench Total (higher is better; not comparable to VBench)",
+    grid = f"; grids of time shift {shift:g}" if shift is not None else ""
+    lines = [f"[anyflow] ToyBench Total (higher is better; not comparable to VBench{grid})",
              "  NFE   student   teacher Euler+CFG"]
     lines += [f"  {n:>3}   {cell('student', n):>7}   {cell('teacher_euler', n):>7}" for n in nfes]
     if ref is not None:
@@ -180,7 +182,7 @@ def _report(summary: dict) -> None:
         ev = summary["evaluation"]
         rows = Path(ev["table"]).with_name("table.json")
         if rows.is_file():
-            print(score_table(json.loads(rows.read_text())))
+            print(score_table(json.loads(rows.read_text()), ev.get("grid_shift")))
         print(f"[anyflow] any-step check {'passed' if ev['anystep_ok'] else 'FAILED'}; plot {ev['plot']}")
     if summary.get("finetune"):
         ft = summary["finetune"]

@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 
 import conf
 from tasks.artifacts import StageHandle, write_json_atomic
-from tasks.evaluate import evaluate, evaluate_key, evaluate_params
+from tasks.evaluate import evaluate, evaluate_key, evaluate_params, grid_shift
 from tasks.export import export, export_key, export_params, external_student
 from tasks.finetune import (downstream_data, downstream_data_key, downstream_data_params, external_shards, finetune,
                             finetune_eval, finetune_eval_key, finetune_eval_params, finetune_key, finetune_params)
@@ -52,7 +52,8 @@ def _evaluate(cfg, parent: str, summary: dict, t: StageHandle, student: StageHan
                 teacher=t, student=student)
     summary["evaluation"] = {"table": str(Path(ev.path) / ev.summary["table"]),
                              "plot": str(Path(ev.path) / ev.summary["plot"]),
-                             "student_total": ev.summary["student_total"], "anystep_ok": ev.summary["anystep_ok"]}
+                             "student_total": ev.summary["student_total"], "anystep_ok": ev.summary["anystep_ok"],
+                             "grid_shift": grid_shift(cfg)}
 
 
 def _tracked(preset: str, overrides: list[str] | None, summary_json: str | None,

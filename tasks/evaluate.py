@@ -14,7 +14,7 @@ from prefect import task
 
 from anyflow import vbench
 from anyflow.evaluation import SweepSpec, plot_sweep, student_sampler, teacher_sampler, toy_sweep
-from anyflow.export import load_student
+from anyflow.export import Student, load_student
 from anyflow.media import contact_sheet, save_gif
 from anyflow.toybuild import toy_world_of
 from anyflow.wan import load_teacher
@@ -26,8 +26,29 @@ HEADLINE = ("total", "quality", "semantic", "colour", "shape", "direction", "cou
             "sharpness_ratio", "seam_ratio", "latent_rel_error", "psnr")
 
 
+def grid_shift(cfg: PipelineConfig) -> float:
+    """The shift of the N-step grid every model of the sweep samples on (student and teacher baselines alike):
+    `evaluation.shift`, else the training shift `stage1.shift`, which the export also gives its scheduler."""
+    return cfg.evaluation.shift if cfg.evaluation.shift is not None else cfg.stage1.shift
+
+
+def shift_notice(model_shift: float, shift: float) -> str | None:
+    """A line for the log when the sweep's grid is not the one the model's own scheduler samples on."""
+    if abs(model_shift - shift) < 1e-9:
+        return None
+    return (f"the model's scheduler samples on a shift-{model_shift:g} grid; this sweep uses shift {shift:g} "
+            f"(evaluation.shift, else stage1.shift). Set evaluation.shift={model_shift:g} to score it as it samples")
+
+
+def on_grid(exported: Student, shift: float) -> Student:
+    """Make the exported pipeline's scheduler sample on the shift-`shift` grid (in place; returns it)."""
+    sched = exported.pipe.scheduler
+    exported.pipe.scheduler = type(sched).from_config(sched.config, shift=shift)
+    return exported
+
+
 def evaluate_params(cfg: PipelineConfig) -> dict:
-    return {**cfg.evaluation.model_dump(mode="json"), "shift": cfg.stage1.shift}
+    return {**cfg.evaluation.model_dump(mode="json"), "shift": grid_shift(cfg)}
 
 
 def evaluate_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle) -> str:
@@ -38,7 +59,7 @@ def sweep_spec(cfg: PipelineConfig) -> SweepSpec:
     e = cfg.evaluation
     return SweepSpec(nfe_list=tuple(e.nfe_list), num_prompts=e.num_prompts, seeds_per_prompt=e.seeds_per_prompt,
                      teacher_guidance_scale=e.teacher_guidance_scale, reference_steps=e.reference_steps,
-                     bootstrap_samples=e.bootstrap_samples, shift=cfg.stage1.shift, seed=e.seed)
+                     bootstrap_samples=e.bootstrap_samples, shift=grid_shift(cfg), seed=e.seed)
 
 
 def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle,
@@ -54,6 +75,9 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
         exported = load_student(Path(student.path) / student.summary["model"])
         spec = sweep_spec(cfg)
+        notice = shift_notice(exported.pipe.scheduler.config.shift, spec.shift)
+        if notice:
+            print(f"[evaluate] {notice}", flush=True)
         samplers = {"student": student_sampler(exported.pipe.transformer, spec.shift),
                     "teacher_euler": teacher_sampler(model, model.uncond_embedding(), spec.teacher_guidance_scale,
                                                      spec.shift)}
@@ -85,7 +109,7 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
         ctx.log_artifact(out / "gifs", "gifs")
         student_rows = {r["nfe"]: round(r["total"], 4) for r in result.rows if r["model"] == "student"}
         return {"table": "table.parquet", "plot": "score_vs_nfe.png", "student_total": student_rows,
-                "anystep_ok": result.anystep.get("ok")}
+                "anystep_ok": result.anystep.get("ok"), "grid_shift": spec.shift}
 
     return run_stage(cfg, "evaluate", evaluate_key(cfg, teacher, student), evaluate_params(cfg), parent_run_id,
                      build)
@@ -104,6 +128,11 @@ def _vbench(cfg: PipelineConfig, student: StageHandle, out: Path, ctx: StageCont
     vbench.check_ready(spec)                                     # fail before generating anything
     exported = load_student(Path(student.path) / student.summary["model"],
                             device="cuda" if torch.cuda.is_available() else "cpu")
+    shift = grid_shift(cfg)
+    notice = shift_notice(exported.pipe.scheduler.config.shift, shift)
+    if notice:   # VBench samples through the pipeline: its scheduler gets the sweep's grid
+        print(f"[evaluate] {notice}", flush=True)
+        on_grid(exported, shift)
     prompts = load_prompts(cfg.synthesis.prompts, cfg.evaluation.num_prompts)
     rows = []
     for nfe in cfg.evaluation.nfe_list:
@@ -122,4 +151,4 @@ def _vbench(cfg: PipelineConfig, student: StageHandle, out: Path, ctx: StageCont
     ctx.log_artifact(out / "table.json")
     ctx.log_artifact(out / "score_vs_nfe.png")
     return {"table": "table.parquet", "plot": "score_vs_nfe.png",
-            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None}
+            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None, "grid_shift": shift}

@@ -94,3 +94,17 @@ def test_finetune_domain_is_a_toy_domain_or_a_folder_with_a_bench(tmp_path):
         conf.load("toy", [f"finetune.domain={tmp_path}"])
     cfg = conf.load("toy", [f"finetune.domain={tmp_path}", "finetune.bench=bouncing"])
     assert cfg.finetune.bench_domain == "bouncing" and not cfg.finetune.renders_toy_domain
+
+
+def test_evaluation_grid_shift_defaults_to_the_training_shift():
+    from tasks.evaluate import evaluate_params, sweep_spec
+    from tasks.artifacts import config_hash
+
+    base, explicit, other = (conf.load("ci", o) for o in ([], ["evaluation.shift=3"], ["evaluation.shift=5"]))
+    assert base.stage1.shift == 3 and sweep_spec(base).shift == 3 and sweep_spec(other).shift == 5
+    assert other.stage1.shift == 3                                   # training is untouched
+    # the same grid is the same computation, so the same cache key; another grid is another key
+    assert config_hash(evaluate_params(base)) == config_hash(evaluate_params(explicit))
+    assert config_hash(evaluate_params(base)) != config_hash(evaluate_params(other))
+    with pytest.raises(ValueError, match="evaluation.shift"):
+        conf.load("ci", ["evaluation.shift=0"])

@@ -103,3 +103,19 @@ def test_cli_sample_writes_an_mp4_per_prompt_and_nfe(exported, tmp_path, capsys)
     assert sorted(p.name for p in tmp_path.glob("many_*.gif")) == [
         "many_nfe1_0.gif", "many_nfe1_1.gif", "many_nfe2_0.gif", "many_nfe2_1.gif"]
     assert main(["sample", "--prompt", "x"]) == 2 and "--model" in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_evaluation_grid_shift_reaches_the_pipeline(exported, ci_teacher):
+    from tasks.evaluate import on_grid, shift_notice
+
+    student = on_grid(load_student(exported), 5.0)
+    assert student.pipe.scheduler.config.shift == 5.0
+    text = load_teacher(ci_teacher.path).encode_prompts(PROMPTS[:1])
+    noise = torch.randn(1, 16, 5, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = student.pipe.transformer
+    run = lambda: student.pipe(prompt_embeds=text, latents=noise, height=32, width=32, num_frames=9,
+                               num_inference_steps=3, output_type="latent").frames
+    ours = lambda shift: sample_flow_map(lambda z, t, r: average_velocity(model, z, t, r, text), noise, 3, shift=shift)
+    assert (ours(5.0) - run()).abs().max() < 1e-4 and (ours(3.0) - run()).abs().max() > 1e-3
+    assert shift_notice(3.0, 3.0) is None and "evaluation.shift=3" in shift_notice(3.0, 5.0)

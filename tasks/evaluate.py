@@ -47,6 +47,15 @@ def on_grid(exported: Student, shift: float) -> Student:
     return exported
 
 
+def _to_sweep_grid(exported: Student, shift: float) -> Student:
+    """Put the exported pipeline on the sweep's grid, saying so when it is not the one its scheduler came with."""
+    notice = shift_notice(exported.pipe.scheduler.config.shift, shift)
+    if notice:
+        print(f"[evaluate] {notice}", flush=True)
+        on_grid(exported, shift)
+    return exported
+
+
 def evaluate_params(cfg: PipelineConfig) -> dict:
     return {**cfg.evaluation.model_dump(mode="json"), "shift": grid_shift(cfg)}
 
@@ -73,11 +82,8 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
         if world is None:
             raise ValueError(f"ToyBench needs a toy teacher; {teacher.path} is not one (use evaluation.backend=vbench)")
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
-        exported = load_student(Path(student.path) / student.summary["model"])
         spec = sweep_spec(cfg)
-        notice = shift_notice(exported.pipe.scheduler.config.shift, spec.shift)
-        if notice:
-            print(f"[evaluate] {notice}", flush=True)
+        exported = _to_sweep_grid(load_student(Path(student.path) / student.summary["model"]), spec.shift)
         samplers = {"student": student_sampler(exported.pipe.transformer, spec.shift),
                     "teacher_euler": teacher_sampler(model, model.uncond_embedding(), spec.teacher_guidance_scale,
                                                      spec.shift)}
@@ -109,7 +115,7 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
         ctx.log_artifact(out / "gifs", "gifs")
         student_rows = {r["nfe"]: round(r["total"], 4) for r in result.rows if r["model"] == "student"}
         return {"table": "table.parquet", "plot": "score_vs_nfe.png", "student_total": student_rows,
-                "anystep_ok": result.anystep.get("ok"), "grid_shift": spec.shift}
+                "anystep_ok": result.anystep.get("ok")}
 
     return run_stage(cfg, "evaluate", evaluate_key(cfg, teacher, student), evaluate_params(cfg), parent_run_id,
                      build)
@@ -126,13 +132,8 @@ def _vbench(cfg: PipelineConfig, student: StageHandle, out: Path, ctx: StageCont
 
     spec = cfg.evaluation.vbench
     vbench.check_ready(spec)                                     # fail before generating anything
-    exported = load_student(Path(student.path) / student.summary["model"],
-                            device="cuda" if torch.cuda.is_available() else "cpu")
-    shift = grid_shift(cfg)
-    notice = shift_notice(exported.pipe.scheduler.config.shift, shift)
-    if notice:   # VBench samples through the pipeline: its scheduler gets the sweep's grid
-        print(f"[evaluate] {notice}", flush=True)
-        on_grid(exported, shift)
+    exported = _to_sweep_grid(load_student(Path(student.path) / student.summary["model"],
+                                           device="cuda" if torch.cuda.is_available() else "cpu"), grid_shift(cfg))
     prompts = load_prompts(cfg.synthesis.prompts, cfg.evaluation.num_prompts)
     rows = []
     for nfe in cfg.evaluation.nfe_list:
@@ -151,4 +152,4 @@ def _vbench(cfg: PipelineConfig, student: StageHandle, out: Path, ctx: StageCont
     ctx.log_artifact(out / "table.json")
     ctx.log_artifact(out / "score_vs_nfe.png")
     return {"table": "table.parquet", "plot": "score_vs_nfe.png",
-            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None, "grid_shift": shift}
+            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None}

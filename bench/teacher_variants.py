@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--variant", action="append", choices=VARIANTS, required=True)
     ap.add_argument("--muon-lr", type=float, default=0.02)
     ap.add_argument("--image-every", type=int, default=2)
+    if {"-h", "--help"} & set(sys.argv[1:]) and "--variant" not in sys.argv:
+        raise SystemExit(__doc__ + f"\nvariants: {', '.join(VARIANTS)}; every other argument goes to bench/teacher.py")
     args, rest = ap.parse_known_args()
     if args.image_every < 1:
         raise SystemExit(f"--image-every must be >= 1, got {args.image_every}")

@@ -3,7 +3,9 @@
 Flow matching (rectified flow, recipe §1.1/§5): z_σ = (1 − σ)·x₀ + σ·ε, target v = ε − x₀, loss
 ‖v_θ(z_σ, σ, c) − v‖². Times σ = shift_s(sigmoid(n)), n ~ N(m, s²) (logit-normal, then the time shift
 σ' = sσ/(1 + (s − 1)σ)); 10% of prompts are replaced by the empty-prompt embedding so CFG works.
-AdamW with warmup + cosine decay, gradient clipping, EMA (diffusers EMAModel), accelerate on CPU.
+AdamW (or Muon on the blocks' matrices, `anyflow.muon`) with warmup + cosine decay, gradient clipping, EMA
+(diffusers EMAModel), accelerate on CPU. Optionally joint image-video training as Wan2.1 does it: every
+`image_every`-th step trains on still images (the first latent frame of training videos) instead of videos.
 The result is saved as a Diffusers `WanPipeline` folder (see `anyflow.toybuild`).
 
 Shapes: latents x₀ [B, C, L, h, w] (teacher layout), prompt embeddings [B, S, D].
@@ -14,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -22,6 +25,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
+from anyflow.muon import MuonAdamW, hidden_matrices
 from anyflow.schedule import NUM_TRAIN_TIMESTEPS, shift_sigma
 from anyflow.textpad import collapse_padding, collapsed_text
 
@@ -57,6 +61,9 @@ class TeacherTrainHparams:
     logit_std: float = 1.0
     shift: float = 3.0              # time shift s applied to every sampled σ
     seed: int = 0
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon on the blocks' 2-D weights, AdamW (lr) on the rest
+    muon_lr: float = 0.02           # Muon's lr (same warmup + cosine schedule as lr)
+    image_every: int = 0            # > 0: every image_every-th step trains on images (joint image-video); 0: videos only
 
     def __post_init__(self):
         if not 0.0 <= self.text_dropout < 1.0:
@@ -65,6 +72,12 @@ class TeacherTrainHparams:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.num_steps < 1 or self.batch_size < 1:
             raise ValueError(f"num_steps and batch_size must be >= 1, got {self.num_steps}, {self.batch_size}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.muon_lr <= 0:
+            raise ValueError(f"muon_lr must be > 0, got {self.muon_lr}")
+        if self.image_every < 0:
+            raise ValueError(f"image_every must be >= 0 (0: videos only), got {self.image_every}")
 
 
 def build_transformer(arch: TeacherArch, in_channels: int, text_dim: int, seed: int) -> WanTransformer3DModel:
@@ -104,6 +117,32 @@ def flow_matching_loss(
     return ((v.float() - (eps - x0).float()) ** 2).mean()
 
 
+def teacher_optimizer(model: WanTransformer3DModel, hp: TeacherTrainHparams) -> torch.optim.Optimizer:
+    """AdamW on every weight, or Muon (muon_lr) on the blocks' 2-D weights with AdamW (lr) on the rest."""
+    if hp.optimizer == "muon":
+        return MuonAdamW(model.parameters(), hidden_matrices(model), lr=hp.lr, muon_lr=hp.muon_lr,
+                         weight_decay=hp.weight_decay, betas=(0.9, 0.99))
+    return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.99))
+
+
+def training_batch(
+    latents: torch.Tensor, prompt_index: torch.Tensor, prompt_embeds: torch.Tensor, uncond_embed: torch.Tensor,
+    hp: TeacherTrainHparams, gen: torch.Generator, images: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x₀, text, σ, ε) of one step: `batch_size` videos, or for an image step `batch_size`·L images (the first
+    latent frame of random training videos: the causal VAE encodes pixel frame 0 alone), so both cost the same
+    tokens. Text dropout applies to both."""
+    n = hp.batch_size * (latents.shape[2] if images else 1)
+    idx = torch.randint(0, len(latents), (n,), generator=gen)
+    x0 = latents[idx][:, :, :1] if images else latents[idx]
+    text = prompt_embeds[prompt_index[idx]]
+    drop = torch.rand(n, generator=gen) < hp.text_dropout
+    text = torch.where(drop.view(-1, 1, 1), uncond_embed, text)
+    sigma = sample_sigma(n, hp, gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    return x0, text, sigma, eps
+
+
 def train_teacher(
     model: WanTransformer3DModel,
     latents: torch.Tensor,
@@ -115,24 +154,21 @@ def train_teacher(
     progress: bool = True,
 ) -> WanTransformer3DModel:
     """Train `model` by flow matching on `latents` [N, C, L, h, w] whose prompts are rows of
-    `prompt_embeds` [P, S, D] picked by `prompt_index` [N]. Returns the model with EMA weights."""
-    gen = torch.Generator().manual_seed(hp.seed)
+    `prompt_embeds` [P, S, D] picked by `prompt_index` [N]. Returns the model with EMA weights.
+    Image steps draw from their own generator, so the video steps' draws do not depend on `image_every`."""
+    gen, image_gen = torch.Generator().manual_seed(hp.seed), torch.Generator().manual_seed(hp.seed + 1)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.99))
+    opt = teacher_optimizer(model, hp)
     sched = get_cosine_schedule_with_warmup(opt, hp.warmup_steps, hp.num_steps)
     model, opt, sched = accelerator.prepare(model, opt, sched)
     ema = EMAModel(model.parameters(), decay=hp.ema_decay, update_after_step=hp.ema_start_step)
     model.train()
     bar = tqdm(range(hp.num_steps), desc="teacher", disable=not progress, mininterval=5)
     for step in bar:
-        idx = torch.randint(0, len(latents), (hp.batch_size,), generator=gen)
-        x0 = latents[idx].to(accelerator.device)
-        text = prompt_embeds[prompt_index[idx]]
-        drop = torch.rand(hp.batch_size, generator=gen) < hp.text_dropout
-        text = torch.where(drop.view(-1, 1, 1), uncond_embed, text).to(accelerator.device)
-        sigma = sample_sigma(hp.batch_size, hp, gen).to(accelerator.device)
-        eps = torch.randn(x0.shape, generator=gen).to(accelerator.device)
-        loss = flow_matching_loss(model, x0, text, sigma, eps)
+        images = hp.image_every > 0 and (step + 1) % hp.image_every == 0
+        batch = training_batch(latents, prompt_index, prompt_embeds, uncond_embed, hp,
+                               image_gen if images else gen, images)
+        loss = flow_matching_loss(model, *(t.to(accelerator.device) for t in batch))
         loss_value = loss.item()
         if not math.isfinite(loss_value):  # before backward: a NaN must not reach the weights or the EMA
             raise FloatingPointError(f"teacher loss became {loss_value} at step {step}")
@@ -142,8 +178,11 @@ def train_teacher(
         sched.step()
         opt.zero_grad(set_to_none=True)
         ema.step(model.parameters())
-        metrics = {"teacher/loss": loss_value, "teacher/grad_norm": float(grad_norm),
-                   "teacher/lr": sched.get_last_lr()[0], "teacher/ema_decay": ema.cur_decay_value or 0.0}
+        lrs = sched.get_last_lr()  # Muon's group first when hp.optimizer == "muon", AdamW's last
+        metrics = {"teacher/image_loss" if images else "teacher/loss": loss_value, "teacher/grad_norm": float(grad_norm),
+                   "teacher/lr": lrs[-1], "teacher/ema_decay": ema.cur_decay_value or 0.0}
+        if hp.optimizer == "muon":
+            metrics["teacher/muon_lr"] = lrs[0]
         log(metrics, step)
         bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
     model = accelerator.unwrap_model(model)

@@ -81,17 +81,21 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
               f"Re-pack it with `python -m flows teacher-asset`.", file=sys.stderr)
 
     def build(out: Path, ctx: StageContext) -> dict:
-        losses: list[float] = []
+        losses: list[float] = []   # video steps' losses (image steps, if any, log teacher/image_loss)
+        image_due = [False]
 
         def log(metrics, step):
-            losses.append(metrics["teacher/loss"])
-            if step % 10 == 0:
+            image = "teacher/image_loss" in metrics
+            if not image:
+                losses.append(metrics["teacher/loss"])
+            if step % 10 == 0 or (image and image_due[0]):   # every 10th step, and the next image step after it
                 ctx.log(metrics, step)
+                image_due[0] = not image
 
         build_toy_teacher(cfg.teacher.toy, out, log=log, progress=progress)
         (out / "BUILT_BY").write_text(f"command: {' '.join(sys.argv)}\nspec: {TOY_SPEC_FILE}\n")
         tail = losses[-100:]
-        return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": len(losses)}
+        return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": cfg.teacher.toy.train.num_steps}
 
     return run_stage(cfg, "teacher", key, teacher_params(cfg), parent_run_id, build)
 

@@ -9,7 +9,9 @@ import torch
 from diffusers import WanPipeline
 
 import anyflow  # noqa: F401  (registers LinearPatchVAE for from_pretrained)
-from anyflow.teacher import TeacherTrainHparams, sample_sigma
+from tinymodels import tiny_wan
+
+from anyflow.teacher import TeacherTrainHparams, sample_sigma, train_teacher, training_batch
 
 
 def test_sigma_samples_are_logit_normal_then_shifted():
@@ -23,6 +25,47 @@ def test_sigma_samples_are_logit_normal_then_shifted():
 def test_hparams_validate():
     with pytest.raises(ValueError, match="text_dropout"):
         TeacherTrainHparams(text_dropout=1.5)
+    with pytest.raises(ValueError, match="optimizer must be 'adamw' or 'muon', got 'sgd'"):
+        TeacherTrainHparams(optimizer="sgd")
+    with pytest.raises(ValueError, match="image_every must be >= 0"):
+        TeacherTrainHparams(image_every=-1)
+    with pytest.raises(ValueError, match="muon_lr"):
+        TeacherTrainHparams(muon_lr=0.0)
+
+
+def _toy_data(n=12, prompts=3):
+    """One fixed latent video per prompt (learnable), `n` training rows."""
+    g = torch.Generator().manual_seed(0)
+    index = torch.arange(n) % prompts
+    return (torch.randn(prompts, 16, 3, 8, 8, generator=g)[index], index,
+            torch.randn(prompts, 6, 32, generator=g), torch.zeros(1, 6, 32))
+
+
+def test_image_steps_train_on_first_latent_frames_at_the_video_steps_token_count():
+    latents, index, embeds, uncond = _toy_data()
+    hp = TeacherTrainHparams(batch_size=4, text_dropout=0.5)
+    x0, text, sigma, eps = training_batch(latents, index, embeds, uncond, hp, torch.Generator().manual_seed(1), True)
+    assert x0.shape == (12, 16, 1, 8, 8) and eps.shape == x0.shape and text.shape == (12, 6, 32)
+    assert sigma.shape == (12,)
+    frames = {tuple(x.flatten()[:4].tolist()) for x in x0}
+    assert frames <= {tuple(v[:, :1].flatten()[:4].tolist()) for v in latents}      # each is some video's frame 0
+    videos = training_batch(latents, index, embeds, uncond, hp, torch.Generator().manual_seed(1))[0]
+    assert videos.shape == (4, 16, 3, 8, 8)
+    assert x0.numel() == videos.numel()                  # same tokens per step
+
+
+def test_muon_with_image_steps_trains_and_logs_both_losses():
+    latents, index, embeds, uncond = _toy_data()
+    hp = TeacherTrainHparams(num_steps=40, batch_size=4, lr=3e-3, warmup_steps=2, ema_start_step=100,
+                             optimizer="muon", image_every=2)
+    logged = []
+    model = train_teacher(tiny_wan(), latents, index, embeds, uncond, hp,
+                          log=lambda m, step: logged.append((step, dict(m))), progress=False)
+    assert [s for s, m in logged if "teacher/image_loss" in m] == list(range(1, 40, 2))
+    video = [m["teacher/loss"] for s, m in logged if "teacher/loss" in m]
+    assert len(video) == 20 and np.mean(video[-5:]) < 0.9 * np.mean(video[:5])
+    assert all(m["teacher/muon_lr"] / 0.02 == pytest.approx(m["teacher/lr"] / 3e-3) for _, m in logged)
+    assert not model.training
 
 
 def test_ci_teacher_is_a_wan_pipeline_folder(ci_teacher):

@@ -5,7 +5,7 @@
 Times (1) the Muon step alone over the teacher's hidden matrices (torch.optim.Muon: per matrix, bf16
 Newton-Schulz; anyflow.muon.Muon: stacked by shape, fp32) and (2) a whole flow-matching training step of the
 preset's teacher at its batch size with AdamW, Muon + AdamW through torch.optim.Muon, and anyflow's MuonAdamW.
-Random latents and text of the toy shapes; prints a table.
+Random latents and text of the toy shapes (bench/toymodels.py); prints a table.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 import conf
 from anyflow.muon import Muon, MuonAdamW, hidden_matrices
 from anyflow.teacher import build_transformer, flow_matching_loss, sample_sigma
+from toymodels import toy_models
 
 
 class _TorchMuonAdamW(MuonAdamW):
@@ -41,17 +42,15 @@ def _timed(fn, steps: int, warmup: int = 5) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="toy")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    hp = conf.load(args.preset).teacher.toy.train
+    toy = toy_models(args.preset, hp.batch_size)
     torch.set_num_threads(args.threads)
-    spec = conf.load(args.preset, args.overrides).teacher.toy
-    hp, world = spec.train, spec.world
-    frames = (world.num_frames - 1) // 2 + 1
-    shape = (hp.batch_size, spec.vae_z_dim, frames, world.height // 4, world.width // 4)
+    spec, shape, text = toy.cfg.teacher.toy, toy.latent_shape, toy.text
     g = torch.Generator().manual_seed(0)
-    x0, text = torch.randn(shape, generator=g), torch.randn(hp.batch_size, 12, spec.text.d_model, generator=g)
+    x0 = torch.randn(shape, generator=g)
 
     rows = []
     model = build_transformer(spec.arch, spec.vae_z_dim, spec.text.d_model, seed=0)

@@ -82,15 +82,16 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
 
     def build(out: Path, ctx: StageContext) -> dict:
         losses: list[float] = []   # video steps' losses (image steps, if any, log teacher/image_loss)
-        image_due = [False]
+        image_due = False
 
         def log(metrics, step):
+            nonlocal image_due
             image = "teacher/image_loss" in metrics
             if not image:
                 losses.append(metrics["teacher/loss"])
-            if step % 10 == 0 or (image and image_due[0]):   # every 10th step, and the next image step after it
+            if step % 10 == 0 or (image and image_due):   # every 10th step, and the next image step after it
                 ctx.log(metrics, step)
-                image_due[0] = not image
+                image_due = not image
 
         build_toy_teacher(cfg.teacher.toy, out, log=log, progress=progress)
         (out / "BUILT_BY").write_text(f"command: {' '.join(sys.argv)}\nspec: {TOY_SPEC_FILE}\n")

@@ -26,8 +26,6 @@ from anyflow.wan import load_teacher
 from tasks.evaluate import sweep_spec
 from tasks.teacher import build_teacher
 
-ITEMS = ("total", "distribution", "sharpness_ratio")
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

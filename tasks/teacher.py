@@ -4,6 +4,7 @@ cached) from its spec; a real teacher is a given Wan folder."""
 from __future__ import annotations
 
 import sys
+from collections import deque
 from pathlib import Path
 
 from prefect import task
@@ -81,7 +82,7 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
               f"Re-pack it with `python -m flows teacher-asset`.", file=sys.stderr)
 
     def build(out: Path, ctx: StageContext) -> dict:
-        losses: list[float] = []   # video steps' losses (image steps, if any, log teacher/image_loss)
+        losses = deque(maxlen=100)   # the last video steps' losses (image steps, if any, log teacher/image_loss)
         image_due = False
 
         def log(metrics, step):
@@ -95,8 +96,7 @@ def build_teacher(cfg: PipelineConfig, progress: bool = True, parent_run_id: str
 
         build_toy_teacher(cfg.teacher.toy, out, log=log, progress=progress)
         (out / "BUILT_BY").write_text(f"command: {' '.join(sys.argv)}\nspec: {TOY_SPEC_FILE}\n")
-        tail = losses[-100:]
-        return {"source": "toy", "final_loss": sum(tail) / len(tail), "num_steps": cfg.teacher.toy.train.num_steps}
+        return {"source": "toy", "final_loss": sum(losses) / len(losses), "num_steps": cfg.teacher.toy.train.num_steps}
 
     return run_stage(cfg, "teacher", key, teacher_params(cfg), parent_run_id, build)
 

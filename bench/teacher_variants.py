@@ -64,7 +64,9 @@ def object_mask(x0: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def object_weighted_loss(weight: float, threshold: float):
     """`anyflow.teacher.flow_matching_loss` with each latent pixel's squared error weighted 1 on the background
-    and `weight` on the object (`object_mask`), divided by the batch's mean weight."""
+    and `weight` on the object (`object_mask`), divided by the batch's mean weight. It restates that loss's
+    noising and target rather than adding a weight argument there: anyflow/teacher.py is in the shipped
+    teacher's code closure, and any edit to it re-keys the prebuilt asset."""
 
     def loss(model, x0, text, sigma, eps):
         s = sigma.view(-1, 1, 1, 1, 1)

@@ -6,7 +6,9 @@ seeded `seed + i`. Rows of the result table are (model, NFE); the models are
   teacher_euler   the teacher's Euler with CFG at N/2 steps: NFE = 2·(N/2) (CFG is counted; odd NFEs skipped)
   reference       the teacher's full-step CFG solution (`reference_steps` Euler steps), the converged ODE answer
 Scores come from ToyBench (anyflow.toybench) for the toy world. Total gets a bootstrap CI over videos, and
-the any-step check asks that the student's Total never falls by more than its noise as NFE grows.
+the any-step check asks that the student's Total never falls by more than its noise as NFE grows. Beside it,
+the protocol statistics of reference/evaluation.md §2.3: ΔTotal = Total(32) − Total(4) with a paired 95 % CI
+and Spearman ρ over the NFEs from 4 up; and per row the step-refinement convergence C(N) (§2.2 A.2).
 """
 
 from __future__ import annotations
@@ -76,20 +78,53 @@ def bootstrap_ci(values: np.ndarray, samples: int, seed: int) -> tuple[float, fl
     return float(means.std()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def anystep_check(nfes: list[int], per_video_totals: list[np.ndarray], samples: int, seed: int) -> dict:
+SPAN_START_NFE = 4          # evaluation.md §2.3: ΔM = M(32) − M(4), Spearman ρ over {4, 8, 16, 32}
+
+
+def _spearman(nfes: list[int], means: list[float]) -> float:
+    if len(nfes) < 3:
+        return 1.0 if len(nfes) < 2 or means[-1] >= means[0] else -1.0
+    return float(np.corrcoef(np.argsort(np.argsort(nfes)), np.argsort(np.argsort(means)))[0, 1])
+
+
+def _paired_deltas(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray:
+    """Bootstrap means of the per-video change b − a (videos resampled, pairs kept)."""
+    d = b - a
+    return d[rng.integers(0, len(d), (max(samples, 1), len(d)))].mean(axis=1)
+
+
+def anystep_check(nfes: list[int], per_video_totals: list[np.ndarray], samples: int, seed: int,
+                  span_start: int = SPAN_START_NFE) -> dict:
     """Does Total keep from falling as NFE grows? For each consecutive pair, the paired bootstrap of
-    ΔTotal = Total(N_next) − Total(N) must not be significantly negative (97.5 % quantile ≥ 0)."""
+    ΔTotal = Total(N_next) − Total(N) must not be significantly negative (97.5 % quantile ≥ 0): `ok`.
+
+    Also the protocol of evaluation.md §2.3, which `ok` is stricter than: `span` is ΔTotal from `span_start`
+    NFE to the largest NFE with its paired 95 % CI (its `ok`: not significantly negative), and
+    `spearman_span` is Spearman ρ(N, Total) over the NFEs ≥ `span_start` (`spearman` is over all of them)."""
     rng = np.random.default_rng(seed)
     pairs, ok = [], True
     for (n0, a), (n1, b) in zip(zip(nfes, per_video_totals), list(zip(nfes, per_video_totals))[1:]):
-        d = b - a
-        idx = rng.integers(0, len(d), (max(samples, 1), len(d)))
-        hi = float(np.percentile(d[idx].mean(axis=1), 97.5))
-        pairs.append({"from": n0, "to": n1, "delta": float(d.mean()), "delta_hi": hi})
+        hi = float(np.percentile(_paired_deltas(a, b, rng, samples), 97.5))
+        pairs.append({"from": n0, "to": n1, "delta": float((b - a).mean()), "delta_hi": hi})
         ok &= hi >= 0
     means = [float(t.mean()) for t in per_video_totals]
-    rho = float(np.corrcoef(np.argsort(np.argsort(nfes)), np.argsort(np.argsort(means)))[0, 1]) if len(nfes) > 2 else 1.0
-    return {"ok": bool(ok), "pairs": pairs, "spearman": rho}
+    out = {"ok": bool(ok), "pairs": pairs, "spearman": _spearman(nfes, means)}
+    tail = [i for i, n in enumerate(nfes) if n >= span_start]
+    if len(tail) >= 2:
+        i, j = tail[0], tail[-1]
+        boot = _paired_deltas(per_video_totals[i], per_video_totals[j], rng, samples)
+        lo, hi = (float(np.percentile(boot, q)) for q in (2.5, 97.5))
+        out["span"] = {"from": nfes[i], "to": nfes[j], "delta": means[j] - means[i], "ci_lo": lo, "ci_hi": hi,
+                       "ok": hi >= 0}
+        out["spearman_span"] = _spearman([nfes[k] for k in tail], [means[k] for k in tail])
+    return out
+
+
+def step_convergence(x: torch.Tensor, x_finer: torch.Tensor) -> float:
+    """C(N) = mean_i ‖x̂_N,i − x̂_2N,i‖ / ‖x̂_2N,i‖ (evaluation.md §2.2 A.2): how much doubling the steps still
+    moves a sample. A flow map's Euler converges, so it shrinks towards 0 as N grows."""
+    x, x_finer = x.flatten(1).double(), x_finer.flatten(1).double()
+    return float(((x - x_finer).norm(dim=1) / x_finer.norm(dim=1).clamp_min(1e-12)).mean())
 
 
 @dataclass
@@ -115,7 +150,7 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
     ref_latents = run_sampler(ref_sampler, noise, text, spec.reference_steps, spec.batch_size)
     ref_videos = teacher.decode(ref_latents)
 
-    rows, videos, totals = [], {}, {}
+    rows, videos, totals, samples = [], {}, {}, {}
     patch = getattr(teacher.vae.config, "scale_factor_spatial", None)   # the seam diagnostic's patch size
 
     def add(model: str, nfe: int, steps: int, latents: torch.Tensor) -> None:
@@ -127,6 +162,7 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
                      "total_se": se, "total_ci_lo": lo, "total_ci_hi": hi})
         videos[(model, nfe)] = vids
         totals[(model, nfe)] = per_video
+        samples[(model, nfe)] = latents
 
     add("reference", 2 * spec.reference_steps, spec.reference_steps, ref_latents)
     for name, sampler in samplers.items():
@@ -136,6 +172,9 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
                 continue                    # CFG costs two evaluations per step
             progress(f"{name}: NFE {nfe} ({steps} steps)")
             add(name, nfe, steps, run_sampler(sampler, noise, text, steps, spec.batch_size))
+    for r in rows:                          # C(N) wherever the sweep also ran 2N (None elsewhere: same columns)
+        finer = samples.get((r["model"], 2 * r["nfe"])) if r["model"] != "reference" else None
+        r["step_convergence"] = None if finer is None else step_convergence(samples[(r["model"], r["nfe"])], finer)
     anystep = {}
     if "student" in samplers:
         nfes = [n for n in spec.nfe_list]

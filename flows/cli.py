@@ -183,7 +183,13 @@ def _report(summary: dict) -> None:
         rows = Path(ev["table"]).with_name("table.json")
         if rows.is_file():
             print(score_table(json.loads(rows.read_text()), ev.get("grid_shift")))
-        print(f"[anyflow] any-step check {'passed' if ev['anystep_ok'] else 'FAILED'}; plot {ev['plot']}")
+        verdict = {True: "passed", False: "FAILED", None: "not run"}[ev["anystep_ok"]]
+        print(f"[anyflow] any-step check (no significant fall at any NFE doubling): {verdict}; plot {ev['plot']}")
+        if ev.get("anystep_span"):
+            span = ev["anystep_span"]
+            print(f"[anyflow] {span['from']} -> {span['to']} NFE: Total {span['delta']:+.3f} "
+                  f"[{span['ci_lo']:+.3f}, {span['ci_hi']:+.3f}] (paired 95% CI; "
+                  f"{'does not fall' if span['ok'] else 'FALLS'})")
     if summary.get("finetune"):
         ft = summary["finetune"]
         print(f"[anyflow] fine-tuned student: {summary['finetuned_model']}")

@@ -53,6 +53,7 @@ def _evaluate(cfg, parent: str, summary: dict, t: StageHandle, student: StageHan
     summary["evaluation"] = {"table": str(Path(ev.path) / ev.summary["table"]),
                              "plot": str(Path(ev.path) / ev.summary["plot"]),
                              "student_total": ev.summary["student_total"], "anystep_ok": ev.summary["anystep_ok"],
+                             "anystep_span": ev.summary.get("anystep_span"),
                              "grid_shift": grid_shift(cfg)}
 
 

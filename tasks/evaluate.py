@@ -23,7 +23,7 @@ from tasks.artifacts import StageHandle, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
 
 HEADLINE = ("total", "quality", "semantic", "colour", "shape", "direction", "count", "dynamic", "swd",
-            "sharpness_ratio", "seam_ratio", "latent_rel_error", "psnr")
+            "sharpness_ratio", "seam_ratio", "latent_rel_error", "psnr", "step_convergence")
 
 
 def grid_shift(cfg: PipelineConfig) -> float:
@@ -102,10 +102,16 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
             save_gif(v[0], out / "gifs" / f"{m}_nfe{n}.gif")
         for r in result.rows:
             prefix = "eval" if r["model"] == "student" else f"eval/{r['model']}"
-            ctx.log({f"{prefix}/{k}_nfe{r['nfe']}": r[k] for k in HEADLINE if k in r}, r["nfe"])   # MLflow forbids "@"
-            ctx.log({f"{prefix}/{k}": r[k] for k in HEADLINE if k in r}, r["nfe"])   # curves over NFE
+            items = {k: r[k] for k in HEADLINE if r.get(k) is not None}
+            ctx.log({f"{prefix}/{k}_nfe{r['nfe']}": v for k, v in items.items()}, r["nfe"])   # MLflow forbids "@"
+            ctx.log({f"{prefix}/{k}": v for k, v in items.items()}, r["nfe"])   # curves over NFE
         if result.anystep:
             ctx.log({"eval/anystep_ok": float(result.anystep["ok"]), "eval/anystep_spearman": result.anystep["spearman"]}, 0)
+            if "span" in result.anystep:         # evaluation.md's ΔTotal(4 -> 32) and Spearman over 4-32 NFE
+                span = result.anystep["span"]
+                ctx.log({"eval/anystep_span_delta": span["delta"], "eval/anystep_span_ci_lo": span["ci_lo"],
+                         "eval/anystep_span_ci_hi": span["ci_hi"],
+                         "eval/anystep_spearman_span": result.anystep["spearman_span"]}, 0)
             ctx.tracker.set_tags(ctx.run_id, {"anystep_ok": str(result.anystep["ok"]).lower()})
         ctx.log.flush()
         for name in ("table.parquet", "table.json", "anystep.json", "score_vs_nfe.png", "samples_student.png",
@@ -115,7 +121,7 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
         ctx.log_artifact(out / "gifs", "gifs")
         student_rows = {r["nfe"]: round(r["total"], 4) for r in result.rows if r["model"] == "student"}
         return {"table": "table.parquet", "plot": "score_vs_nfe.png", "student_total": student_rows,
-                "anystep_ok": result.anystep.get("ok")}
+                "anystep_ok": result.anystep.get("ok"), "anystep_span": result.anystep.get("span")}
 
     return run_stage(cfg, "evaluate", evaluate_key(cfg, teacher, student), evaluate_params(cfg), parent_run_id,
                      build)
@@ -152,4 +158,4 @@ def _vbench(cfg: PipelineConfig, student: StageHandle, out: Path, ctx: StageCont
     ctx.log_artifact(out / "table.json")
     ctx.log_artifact(out / "score_vs_nfe.png")
     return {"table": "table.parquet", "plot": "score_vs_nfe.png",
-            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None}
+            "student_total": {r["nfe"]: r.get("total") for r in rows}, "anystep_ok": None, "anystep_span": None}

@@ -4,8 +4,8 @@ teacher (rows, CFG-counted teacher NFEs, reference row, plot)."""
 import numpy as np
 import torch
 
-from anyflow.evaluation import SweepSpec, anystep_check, bootstrap_ci, initial_noise, plot_sweep, student_sampler, \
-    teacher_sampler, toy_sweep
+from anyflow.evaluation import SweepSpec, anystep_check, bootstrap_ci, initial_noise, plot_sweep, step_convergence, \
+    student_sampler, teacher_sampler, toy_sweep
 from anyflow.student import student_from_teacher
 from anyflow.toybuild import toy_world_of
 from anyflow.wan import load_teacher
@@ -34,6 +34,29 @@ def test_anystep_check_flags_a_real_drop_only():
     assert not out["ok"] and out["spearman"] < 0 and out["pairs"][0]["delta"] < 0
 
 
+def test_span_is_the_protocols_four_to_last_change_and_weaker_than_the_pairwise_check():
+    rng = np.random.default_rng(1)
+    base = rng.random(400)
+    # rises to 8, then dips: every step counts in the pairwise check, the span only compares 4 with 16
+    peaked = [base - 0.3, base, base + 0.06, base + 0.03 + rng.normal(0, 0.02, 400)]
+    out = anystep_check([2, 4, 8, 16], peaked, 400, 0)
+    assert not out["ok"] and out["pairs"][-1]["delta_hi"] < 0
+    span = out["span"]
+    assert (span["from"], span["to"]) == (4, 16) and span["ok"]
+    assert 0 < span["ci_lo"] < span["delta"] < span["ci_hi"]
+    assert abs(span["delta"] - (peaked[3] - peaked[1]).mean()) < 1e-12
+    assert abs(out["spearman_span"] - 0.5) < 1e-9 and abs(out["spearman"] - 0.8) < 1e-9   # the span's ρ skips 2 NFE
+    down = anystep_check([4, 8, 16], [base, base - 0.01, base - 0.02], 400, 0)
+    assert not down["span"]["ok"] and down["span"]["ci_hi"] < 0 and abs(down["spearman_span"] + 1) < 1e-9
+    assert "span" not in anystep_check([1, 2, 4], [base, base, base], 50, 0)       # one NFE >= 4: no span
+
+
+def test_step_convergence_is_relative_and_zero_for_equal_samples():
+    x = torch.randn(5, 3, 4)
+    assert step_convergence(x, x) == 0.0
+    assert abs(step_convergence(x + 0.1 * x, x) - 0.1) < 1e-6            # ‖0.1·x‖ / ‖x‖ per sample
+
+
 def test_tiny_sweep_on_the_ci_teacher(ci_teacher, tmp_path):
     teacher = load_teacher(ci_teacher.path)
     spec = SweepSpec(nfe_list=(1, 2, 4), num_prompts=4, reference_steps=4, bootstrap_samples=50, shift=3.0)
@@ -48,7 +71,10 @@ def test_tiny_sweep_on_the_ci_teacher(ci_teacher, tmp_path):
     assert ref["latent_rel_error"] == 0
     assert all(0 <= r["total"] <= 1 and r["total_ci_lo"] <= r["total"] <= r["total_ci_hi"] for r in result.rows)
     assert all(r["seam_ratio"] > 0 for r in result.rows)     # the VAE's patch size reached ToyBench
-    assert set(result.anystep) == {"ok", "pairs", "spearman"}
+    assert set(result.anystep) == {"ok", "pairs", "spearman"}             # one NFE >= 4: no span
+    conv = {(r["model"], r["nfe"]): r["step_convergence"] for r in result.rows}
+    assert conv[("student", 1)] > 0 and conv[("student", 2)] > 0 and conv[("teacher_euler", 2)] > 0
+    assert conv[("student", 4)] is None and conv[("reference", 8)] is None      # no 2N in the sweep
     assert result.videos[("student", 2)].shape == (4, 9, 32, 32, 3)
     plot_sweep(result.rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000

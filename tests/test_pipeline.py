@@ -98,9 +98,11 @@ def test_mlflow_parent_and_children(twice):
     ev = runs["evaluate"]
     assert {"score_vs_nfe.png", "table.parquet", "table.json", "anystep.json"} <= {
         a.path for a in client.list_artifacts(ev.info.run_id)}
-    assert {"eval/total_nfe1", "eval/total_nfe4", "eval/teacher_euler/total_nfe4", "eval/anystep_ok"} <= set(ev.data.metrics)
+    assert {"eval/total_nfe1", "eval/total_nfe4", "eval/teacher_euler/total_nfe4", "eval/anystep_ok",
+            "eval/anystep_span_delta", "eval/anystep_spearman_span", "eval/step_convergence_nfe4"} <= set(ev.data.metrics)
+    assert "eval/step_convergence_nfe8" not in ev.data.metrics          # no 16-NFE sweep to compare with
     assert ev.data.tags["anystep_ok"] in ("true", "false")
-    assert sorted(m.step for m in client.get_metric_history(ev.info.run_id, "eval/total")) == [1, 2, 4]
+    assert sorted(m.step for m in client.get_metric_history(ev.info.run_id, "eval/total")) == [1, 2, 4, 8]
     fe = runs["finetune_eval"]
     assert {"downstream_vs_nfe.png", "downstream_samples.png", "comparison.json", "table.json"} <= {
         a.path for a in client.list_artifacts(fe.info.run_id)}
@@ -202,7 +204,9 @@ def test_evaluate_entry_scores_any_exported_folder(twice, tmp_path):
     sh.copytree(first["exported_model"], copy)
     out = evaluate_model(model=str(copy), preset="ci", overrides=[f"paths.root={root}"])
     assert states(out) == {"teacher": "Cached", "evaluate": "Completed"}
-    assert set(out["evaluation"]["student_total"]) == {1, 2, 4} and Path(out["evaluation"]["plot"]).is_file()
+    assert set(out["evaluation"]["student_total"]) == {1, 2, 4, 8} and Path(out["evaluation"]["plot"]).is_file()
+    span = out["evaluation"]["anystep_span"]
+    assert (span["from"], span["to"]) == (4, 8) and span["ci_lo"] <= span["delta"] <= span["ci_hi"]
     again = evaluate_model(model=str(copy), preset="ci", overrides=[f"paths.root={root}"])
     assert states(again) == {"teacher": "Cached", "evaluate": "Cached"}
 

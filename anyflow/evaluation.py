@@ -87,12 +87,6 @@ def _spearman(nfes: list[int], means: list[float]) -> float:
     return float(np.corrcoef(np.argsort(np.argsort(nfes)), np.argsort(np.argsort(means)))[0, 1])
 
 
-def _paired_deltas(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, samples: int) -> np.ndarray:
-    """Bootstrap means of the per-video change b − a (videos resampled, pairs kept)."""
-    d = b - a
-    return d[rng.integers(0, len(d), (max(samples, 1), len(d)))].mean(axis=1)
-
-
 def anystep_check(nfes: list[int], per_video_totals: list[np.ndarray], samples: int, seed: int,
                   span_start: int = SPAN_START_NFE) -> dict:
     """Does Total keep from falling as NFE grows? For each consecutive pair, the paired bootstrap of
@@ -104,16 +98,17 @@ def anystep_check(nfes: list[int], per_video_totals: list[np.ndarray], samples: 
     rng = np.random.default_rng(seed)
     pairs, ok = [], True
     for (n0, a), (n1, b) in zip(zip(nfes, per_video_totals), list(zip(nfes, per_video_totals))[1:]):
-        hi = float(np.percentile(_paired_deltas(a, b, rng, samples), 97.5))
-        pairs.append({"from": n0, "to": n1, "delta": float((b - a).mean()), "delta_hi": hi})
+        d = b - a
+        idx = rng.integers(0, len(d), (max(samples, 1), len(d)))
+        hi = float(np.percentile(d[idx].mean(axis=1), 97.5))
+        pairs.append({"from": n0, "to": n1, "delta": float(d.mean()), "delta_hi": hi})
         ok &= hi >= 0
     means = [float(t.mean()) for t in per_video_totals]
     out = {"ok": bool(ok), "pairs": pairs, "spearman": _spearman(nfes, means)}
     tail = [i for i, n in enumerate(nfes) if n >= span_start]
     if len(tail) >= 2:
         i, j = tail[0], tail[-1]
-        boot = _paired_deltas(per_video_totals[i], per_video_totals[j], rng, samples)
-        lo, hi = (float(np.percentile(boot, q)) for q in (2.5, 97.5))
+        _, lo, hi = bootstrap_ci(per_video_totals[j] - per_video_totals[i], samples, seed)   # paired: per video
         out["span"] = {"from": nfes[i], "to": nfes[j], "delta": means[j] - means[i], "ci_lo": lo, "ci_hi": hi,
                        "ok": hi >= 0}
         out["spearman_span"] = _spearman([nfes[k] for k in tail], [means[k] for k in tail])

@@ -63,3 +63,31 @@ def sample_flow_map(u_fn: AverageVelocityFn, noise: torch.Tensor, num_steps: int
 def sample_euler(v_fn: VelocityFn, noise: torch.Tensor, num_steps: int, shift: float) -> torch.Tensor:
     """The teacher's N-step Euler sampler on the same shifted grid (u := v(z, t), r ignored)."""
     return sample_flow_map(lambda z, t, r: v_fn(z, t), noise, num_steps, shift)
+
+
+@torch.no_grad()
+def jump_errors(u_fn: AverageVelocityFn, v_fn: VelocityFn, noise: torch.Tensor, num_steps: int, shift: float,
+                substeps: int = 64) -> list[dict[str, float]]:
+    """How exact a flow map is on the N-step grid, interval by interval, along the ODE dz/dσ = v (evaluation.md
+    §2.2 A, ODE faithfulness, per jump). From z_{σ_i} on v's own trajectory, the true average velocity is
+
+        ū_i = (z_{σ_i} − Φ_v(z_{σ_i}, σ_i, σ_{i+1})) / (σ_i − σ_{i+1}),   Φ_v: `substeps` Euler steps of v,
+
+    and each row holds the relative errors mean‖a − ū_i‖² / mean‖ū_i‖² of a = u(z, σ_i, σ_{i+1}) (the flow-map
+    jump), u(z, σ_i, σ_i) (Euler on the map's own velocity) and v(z, σ_i) (Euler on v). An exact flow map of v
+    scores 0 at every interval while Euler does not; a map no better than Euler has not learned its jumps."""
+    grid = time_grid(num_steps, shift).tolist()
+    full = lambda s: torch.full((noise.shape[0],), s, dtype=torch.float32, device=noise.device)
+    rel = lambda a, b: float(((a - b) ** 2).mean() / (b ** 2).mean().clamp_min(1e-20))
+    z, rows = noise, []
+    for t, r in zip(grid[:-1], grid[1:]):
+        z_r = z
+        sub = torch.linspace(t, r, substeps + 1).tolist()
+        for a, b in zip(sub[:-1], sub[1:]):
+            z_r = flowmap_step(z_r, v_fn(z_r, full(a)), full(a), full(b))
+        u_true = (z - z_r) / (t - r)
+        rows.append({"t": t, "r": r, "flow_map": rel(u_fn(z, full(t), full(r)), u_true),
+                     "own_velocity_euler": rel(u_fn(z, full(t), full(t)), u_true),
+                     "euler": rel(v_fn(z, full(t)), u_true)})
+        z = z_r
+    return rows

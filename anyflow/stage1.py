@@ -31,6 +31,7 @@ from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
 from anyflow.shards import open_shards
 from anyflow.student import average_velocity, student_from_teacher
+from anyflow.teacher import teacher_velocity
 from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
 
@@ -44,12 +45,43 @@ class FlowMapLossSpec:
     adaptive_c: float = 1e-5
     shift: float = 3.0
     text_dropout: float = 0.1
+    velocity_target: str = "data"      # "data": v = ε − x₀ (the recipe); "teacher": the teacher's CFG velocity
+    target_guidance_scale: float = 1.0  # w of the teacher target (the synthesis guidance)
 
     def __post_init__(self):
+        if self.velocity_target not in ("data", "teacher"):
+            raise ValueError(f"velocity_target must be 'data' or 'teacher', got {self.velocity_target!r}")
         if self.fused_guidance_scale < 1:
             raise ValueError(f"fused_guidance_scale must be >= 1, got {self.fused_guidance_scale}")
         if self.fd_delta <= 0:
             raise ValueError(f"fd_delta must be > 0, got {self.fd_delta}")
+
+
+# v(z_t, t, text [B, S, D], dropped [B] bool) → [B, C, F, H, W]: a stage-1 target velocity other than ε − x₀
+TargetVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def guided_teacher_target(transformer, uncond: torch.Tensor, guidance_scale: float) -> TargetVelocityFn:
+    """The teacher's CFG velocity v_∅ + w·(v_c − v_∅) on kept rows, its unguided v_∅ on text-dropped rows
+    (whose `text` already is ∅): the velocity of the ODE the synthesized data were drawn from."""
+    def fn(z, t, text, dropped):
+        if guidance_scale == 1:
+            return teacher_velocity(transformer, z, t, text)
+        n = z.shape[0]
+        both = teacher_velocity(transformer, torch.cat([z, z]), torch.cat([t, t]),
+                                torch.cat([text, uncond.expand(n, -1, -1).to(text.dtype)]))
+        v_c, v_u = both[:n], both[n:]
+        guided = v_u + guidance_scale * (v_c - v_u)
+        return torch.where(dropped.view(-1, *([1] * (z.ndim - 1))), v_u, guided)
+    return fn
+
+
+def loss_target(transformer, uncond: torch.Tensor, spec: FlowMapLossSpec) -> TargetVelocityFn | None:
+    """The target velocity `spec.velocity_target` asks for: None (ε − x₀) or the frozen teacher's."""
+    if spec.velocity_target == "data":
+        return None
+    transformer.requires_grad_(False)
+    return guided_teacher_target(transformer, uncond, spec.target_guidance_scale)
 
 
 def _bc(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -70,8 +102,13 @@ def adaptive_weights(losses: torch.Tensor, is_diffusion: torch.Tensor, c: float,
 
 def flowmap_loss(model, x0: torch.Tensor, text: torch.Tensor, uncond: torch.Tensor, spec: FlowMapLossSpec,
                  generator: torch.Generator,
-                 gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> tuple[torch.Tensor, dict[str, float]]:
-    """The stage-1 loss on clean latents x₀ [B, C, F, H, W] with prompt embeddings [B, S, D]; `uncond` [1, S, D]."""
+                 gather: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                 target_velocity: TargetVelocityFn | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The stage-1 loss on clean latents x₀ [B, C, F, H, W] with prompt embeddings [B, S, D]; `uncond` [1, S, D].
+
+    `target_velocity(z_t, t, text, dropped)` replaces the conditional velocity v = ε − x₀ by a teacher's
+    (no-grad) velocity at z_t, for the tangent and the target alike: the fixed point is then the teacher's own
+    flow map, and r = t samples regress the teacher's velocity (velocity distillation) instead of ε − x₀."""
     b, device = x0.shape[0], x0.device
     pairs = sample_time_pairs(b, spec.diffusion_ratio, spec.consistency_ratio, spec.shift, generator)
     t, r, is_diff = pairs.t.to(device), pairs.r.to(device), pairs.is_diffusion.to(device)
@@ -79,7 +116,11 @@ def flowmap_loss(model, x0: torch.Tensor, text: torch.Tensor, uncond: torch.Tens
     drop = (torch.rand(b, generator=generator) < spec.text_dropout).to(device)
     text = torch.where(drop.view(-1, 1, 1), uncond.to(text.dtype), text)
     z = (1 - _bc(t, x0)) * x0 + _bc(t, x0) * eps
-    v = eps - x0
+    if target_velocity is None:
+        v = eps - x0
+    else:
+        with torch.no_grad():
+            v = target_velocity(z, t, text, drop).to(x0.dtype)
     g, delta = spec.fused_guidance_scale, spec.fd_delta
 
     with torch.no_grad():   # every no-grad forward in one batched call
@@ -140,13 +181,15 @@ def train_stage1(teacher, data_dir: str | Path, out_dir: str | Path, *, lora: Lo
         enable_gradient_checkpointing(student)
     reader = open_shards(data_dir, teacher.max_sequence_length)
     uncond = teacher.uncond_embedding()
+    target = loss_target(teacher.transformer, uncond, loss)
 
     def gather(x: torch.Tensor) -> torch.Tensor:
         return accelerator.gather(x.to(torch.float32)).to(x.dtype) if world > 1 else x
 
     def step(model, batch, generator):
         rows = slice(rank * batch_size, (rank + 1) * batch_size)
-        return flowmap_loss(model, batch.latents[rows], batch.prompt_embeds[rows], uncond, loss, generator, gather)
+        return flowmap_loss(model, batch.latents[rows], batch.prompt_embeds[rows], uncond, loss, generator, gather,
+                            target)
 
     summary = train(student, params, step,
                     lambda pos: reader.batches(batch_size * world, seed=loop.seed, start=pos),

@@ -34,7 +34,7 @@ from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.lora import LoraSpec, attach_lora, load_lora, lora_parameters, save_lora
 from anyflow.schedule import shift_sigma, time_grid
 from anyflow.shards import open_shards
-from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
+from anyflow.stage1 import FlowMapLossSpec, flowmap_loss, loss_target
 from anyflow.student import average_velocity, student_from_teacher
 from anyflow.teacher import teacher_velocity
 from anyflow.training import LogFn, LoopSpec, Update, train_updates
@@ -157,6 +157,7 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
     reader = open_shards(data_dir, teacher.max_sequence_length)
     uncond = teacher.uncond_embedding()
     unc = lambda n: uncond.expand(n, -1, -1)
+    target = loss_target(teacher.transformer, uncond, loss)
 
     def generator_step(model, batch, g):
         text = batch.prompt_embeds
@@ -169,7 +170,7 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
             lambda z, tau: teacher_velocity(real, z, tau, unc(len(z))),
             lambda z, tau: teacher_velocity(critic, z, tau, text), spec.real_guidance_scale, spec.shift, g)
         l_dmd = spec.dmd_weight * dmd_loss(x0_hat, grad).float()
-        l_fm, parts = flowmap_loss(model, batch.latents, text, uncond, loss, g)
+        l_fm, parts = flowmap_loss(model, batch.latents, text, uncond, loss, g, target_velocity=target)
         return l_dmd + spec.flowmap_weight * l_fm, {"dmd_loss": float(l_dmd.detach()), "flowmap_loss": float(l_fm.detach()),
                                                     "s": s, "k": k, "rollout_calls": calls, **stats, **parts}
 

@@ -73,6 +73,7 @@ class Stage1Config(Section):
     gate_value: float = Field(0.25, ge=0, le=1)         # interpolated timestep conditioning
     text_dropout: float = Field(0.1, ge=0, lt=1)
     shift: float = Field(3.0, gt=0)
+    velocity_target: Literal["data", "teacher"] = "data"  # teacher: regress the teacher's CFG velocity, not ε − x₀
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
     checkpoint_every: int = Field(200, ge=1)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import task
@@ -24,7 +25,7 @@ from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, folder_fingerprint, stage_key, write_json_atomic
 from tasks.export import export_lora_student
-from tasks.stage1 import loss_spec
+from tasks.stage1 import loss_params, loss_spec
 from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 EVAL_ONLY = ("nfe_list", "base_nfe_list", "num_eval_prompts", "bench")
@@ -77,7 +78,7 @@ def downstream_data(cfg: PipelineConfig, parent_run_id: str | None, teacher: Sta
 
 def finetune_params(cfg: PipelineConfig) -> dict:
     params = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in EVAL_ONLY}
-    return {**params, "loss": loss_spec(cfg).__dict__, "gate_value": cfg.stage1.gate_value}
+    return {**params, "loss": loss_params(cfg, with_target=False), "gate_value": cfg.stage1.gate_value}
 
 
 def finetune_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle, data: StageHandle,
@@ -106,7 +107,8 @@ def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle
             replay_dir = out / "replay"
         loop = loop_spec(f, "finetune")
         _, summary = finetune_student(model, Path(student.path) / student.summary["lora"], data.path, out,
-                                      loss=loss_spec(cfg), loop=loop, batch_size=f.batch_size,
+                                      loss=replace(loss_spec(cfg), velocity_target="data"), loop=loop,
+                                      batch_size=f.batch_size,
                                       gate_value=cfg.stage1.gate_value, replay_dir=replay_dir,
                                       replay_fraction=f.replay_fraction, anchor_weight=f.anchor_weight,
                                       anchor_nfe=f.anchor_nfe, extra_lora_targets=tuple(f.extra_lora_targets),

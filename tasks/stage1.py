@@ -25,8 +25,11 @@ EXECUTION_ONLY = frozenset({"gradient_checkpointing"})
 
 def stage1_params(cfg: PipelineConfig) -> dict:
     params = cfg.stage1.model_dump(mode="json")
-    if params["num_processes"] == 1:      # the single-process default keeps the keys it always had
+    # the defaults of later-added fields keep the keys that runs had before them
+    if params["num_processes"] == 1:
         del params["num_processes"]
+    if params["velocity_target"] == "data":
+        del params["velocity_target"]
     return params
 
 
@@ -40,7 +43,17 @@ def loss_spec(cfg: PipelineConfig) -> FlowMapLossSpec:
     s = cfg.stage1
     return FlowMapLossSpec(diffusion_ratio=s.diffusion_ratio, consistency_ratio=s.consistency_ratio,
                            fused_guidance_scale=s.fused_guidance_scale, fd_delta=s.fd_delta,
-                           adaptive_c=s.adaptive_c, shift=s.shift, text_dropout=s.text_dropout)
+                           adaptive_c=s.adaptive_c, shift=s.shift, text_dropout=s.text_dropout,
+                           velocity_target=s.velocity_target, target_guidance_scale=cfg.synthesis.guidance_scale)
+
+
+def loss_params(cfg: PipelineConfig, *, with_target: bool = True) -> dict:
+    """The loss spec as cache-key parameters. The data target (the default) adds no fields, so keys made before
+    `velocity_target` existed still match; `with_target=False` for stages that always use the data target."""
+    params = dict(loss_spec(cfg).__dict__)
+    if not with_target or params["velocity_target"] == "data":
+        del params["velocity_target"], params["target_guidance_scale"]
+    return params
 
 
 def stage1_loop(cfg: PipelineConfig) -> LoopSpec:

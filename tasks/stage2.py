@@ -19,7 +19,7 @@ from anyflow.toybuild import toy_world_of
 from anyflow.wan import Teacher, load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
-from tasks.stage1 import EXECUTION_ONLY, loss_spec
+from tasks.stage1 import EXECUTION_ONLY, loss_params, loss_spec
 from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 
@@ -28,7 +28,7 @@ PREVIEW_ONLY = frozenset({"preview_every", "preview_nfes", "preview_prompts"})
 
 
 def stage2_params(cfg: PipelineConfig) -> dict:
-    return {**cfg.stage2.model_dump(mode="json"), "stage1_loss": loss_spec(cfg).__dict__}
+    return {**cfg.stage2.model_dump(mode="json"), "stage1_loss": loss_params(cfg)}
 
 
 def stage2_key(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, student: StageHandle,

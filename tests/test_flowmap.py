@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from anyflow.flowmap import classifier_free_guidance, flowmap_step, sample_euler, sample_flow_map, x0_estimate
+from anyflow.flowmap import (classifier_free_guidance, flowmap_step, jump_errors, sample_euler, sample_flow_map,
+                             x0_estimate)
 
 
 class GaussianFlow:
@@ -90,3 +91,16 @@ def test_cfg_convention():
     assert torch.allclose(classifier_free_guidance(c, u, 1.0), c, atol=1e-15)
     assert torch.allclose(classifier_free_guidance(c, u, 4.0), c + 3 * (c - u))
     assert math.isclose(classifier_free_guidance(torch.tensor(2.0), torch.tensor(1.0), 0.0).item(), 1.0)
+
+
+def test_jump_errors_vanish_for_the_exact_flow_map_and_not_for_euler():
+    g, z1 = GaussianFlow(), noise(7)
+    rows = jump_errors(g.average_velocity, g.velocity, z1, 4, 3.0, substeps=512)
+    assert [round(r["t"], 6) for r in rows][0] == 1.0 and rows[-1]["r"] == 0.0 and len(rows) == 4
+    for r in rows:
+        assert r["flow_map"] < 1e-4 * r["euler"], r                       # exact up to the fine solve's O(1/512)
+        assert abs(r["own_velocity_euler"] - r["euler"]) < 1e-12         # u(z, t, t) = v: the same Euler step
+        assert r["euler"] > 1e-6
+    # a "flow map" that is only Euler (u := v for every r) is as wrong as Euler
+    euler_only = jump_errors(lambda z, t, r: g.velocity(z, t), g.velocity, z1, 4, 3.0, substeps=512)
+    assert all(abs(r["flow_map"] - r["euler"]) < 1e-12 for r in euler_only)

@@ -141,3 +141,75 @@ def test_gradient_checkpointing_changes_memory_not_the_result_or_the_cache_key()
     assert stage1_key(on, h, h) == stage1_key(off, h, h)
     assert stage2_key(on, h, h, h) == stage2_key(off, h, h, h)
     assert stage1_key(conf.load("ci", ["stage1.lr=1e-3"]), h, h) != stage1_key(off, h, h)
+
+
+def test_teacher_target_at_r_equals_t_regresses_the_teachers_guided_velocity():
+    from anyflow.stage1 import guided_teacher_target
+    from anyflow.teacher import teacher_velocity
+
+    teacher, model = tiny_wan(), student()
+    x0, text, _ = inputs()
+    uncond = torch.zeros(1, *text.shape[1:])
+    uncond[:, 0] = 1.0
+    target = guided_teacher_target(teacher, uncond, 1.5)
+    spec = FlowMapLossSpec(diffusion_ratio=1.0, consistency_ratio=0.0, fused_guidance_scale=1.0, text_dropout=0.0)
+    loss, _ = flowmap_loss(model, x0, text, uncond, spec, torch.Generator().manual_seed(0), target_velocity=target)
+    g = torch.Generator().manual_seed(0)
+    t = sample_time_pairs(2, 1.0, 0.0, spec.shift, g).t
+    eps = torch.randn(x0.shape, generator=g)
+    z = (1 - t.view(-1, 1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1, 1) * eps
+    with torch.no_grad():
+        v_c = teacher_velocity(teacher, z, t, text)
+        v_u = teacher_velocity(teacher, z, t, uncond.expand(2, -1, -1))
+        v_t = v_u + 1.5 * (v_c - v_u)
+        per = ((average_velocity(model, z, t, t, text) - v_t) ** 2).flatten(1).mean(1)
+        # text-dropped rows get the unguided velocity, kept rows the guided one
+        mixed = target(z, t, torch.where(torch.tensor([True, False]).view(-1, 1, 1), uncond, text),
+                       torch.tensor([True, False]))
+    assert torch.allclose(loss, (beta_time_weight(t, spec.shift) * per).mean(), rtol=1e-5)
+    assert torch.allclose(mixed[0], v_u[0], atol=1e-6) and torch.allclose(mixed[1], v_t[1], atol=1e-6)
+    assert not torch.allclose(v_t, eps - x0, atol=1e-2)       # not the data target in disguise
+
+
+def test_teacher_target_makes_the_exact_flow_map_of_a_linear_ode_a_fixed_point(monkeypatch):
+    """dz/dσ = λz has the flow map z_r = z_t·e^{λ(r − t)}, i.e. u = z_t(1 − e^{−λ(t − r)})/(t − r). With that ODE
+    as the teacher, the exact u gives zero loss at every (t, r) up to the central difference's O(δ²); with the
+    data target ε − x₀ it does not (that loss is the conditional-velocity variance)."""
+    import anyflow.stage1 as s1
+
+    lam = 0.7
+
+    def exact_u(_model, z, t, r, _text):
+        d = (t - r).double().view(-1, 1, 1, 1, 1)
+        ratio = torch.where(d > 0, -torch.expm1(-lam * d) / d.clamp_min(1e-12), torch.full_like(d, lam))
+        return (z.double() * ratio).float()
+
+    monkeypatch.setattr(s1, "average_velocity", exact_u)
+    x0, text, _ = inputs(batch=8)
+    uncond = torch.zeros(1, *text.shape[1:])
+    spec = FlowMapLossSpec(diffusion_ratio=0.25, consistency_ratio=0.25, fused_guidance_scale=1.0, text_dropout=0.0)
+    linear = lambda z, t, text, dropped: lam * z
+    with torch.no_grad():
+        _, teacher_parts = flowmap_loss(None, x0, text, uncond, spec, torch.Generator().manual_seed(1),
+                                        target_velocity=linear)
+        _, data_parts = flowmap_loss(None, x0, text, uncond, spec, torch.Generator().manual_seed(1))
+    for part in ("loss_diffusion", "loss_consistency", "loss_general"):
+        assert teacher_parts[part] < 1e-8, (part, teacher_parts[part])
+        assert data_parts[part] > 0.1, (part, data_parts[part])
+
+
+def test_velocity_target_keeps_default_keys_and_keys_the_teacher_target():
+    import conf
+    from tasks.artifacts import StageHandle
+    from tasks.finetune import finetune_params
+    from tasks.stage1 import stage1_key, stage1_params
+    from tasks.stage2 import stage2_key, stage2_params
+
+    h = StageHandle(stage="x", key="k", path="/x", summary={"lora": "lora.safetensors"})
+    data, teacher = conf.load("ci"), conf.load("ci", ["stage1.velocity_target=teacher"])
+    assert "velocity_target" not in stage1_params(data)             # keys made before the field still match
+    assert "velocity_target" not in stage2_params(data)["stage1_loss"]
+    assert stage1_key(teacher, h, h) != stage1_key(data, h, h)
+    assert stage2_key(teacher, h, h, h) != stage2_key(data, h, h, h)
+    assert stage2_params(teacher)["stage1_loss"]["target_guidance_scale"] == teacher.synthesis.guidance_scale
+    assert finetune_params(teacher) == finetune_params(data)        # fine-tuning always learns from its data

@@ -21,9 +21,9 @@ import torch
 
 from anyflow import toybench, toyworld
 from anyflow.flowmap import classifier_free_guidance, sample_euler, sample_flow_map
+from anyflow.guidance import cond_uncond_velocity
 from anyflow.media import save_figure
 from anyflow.student import average_velocity
-from anyflow.teacher import teacher_velocity
 from anyflow.wan import Teacher
 
 # sampler(noise [B, C, F, H, W], text [B, S, D], steps) -> latents [B, C, F, H, W]
@@ -48,6 +48,11 @@ def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
+def latent_shape(teacher: Teacher, world: toyworld.WorldSpec) -> tuple[int, ...]:
+    """[C, F, H, W] of one toy-world video's latents under the teacher's VAE."""
+    return tuple(teacher.encode_video(torch.zeros(1, 3, world.num_frames, world.height, world.width)).shape[1:])
+
+
 def student_sampler(model, shift: float) -> Sampler:
     return lambda noise, text, steps: sample_flow_map(
         lambda z, t, r: average_velocity(model, z, t, r, text), noise, steps, shift)
@@ -56,10 +61,7 @@ def student_sampler(model, shift: float) -> Sampler:
 def teacher_sampler(teacher: Teacher, uncond: torch.Tensor, guidance: float, shift: float) -> Sampler:
     """Euler on the teacher's velocity with CFG (one batched call for both branches)."""
     def velocity(z, t, text):
-        both = teacher_velocity(teacher.transformer, torch.cat([z, z]), torch.cat([t, t]),
-                                torch.cat([text, uncond.expand(len(z), -1, -1)]))
-        cond, unc = both.chunk(2)
-        return classifier_free_guidance(cond, unc, guidance)
+        return classifier_free_guidance(*cond_uncond_velocity(teacher.transformer, z, t, text, uncond), guidance)
     return lambda noise, text, steps: sample_euler(lambda z, t: velocity(z, t, text), noise, steps, shift)
 
 
@@ -136,7 +138,7 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
              for _ in range(spec.seeds_per_prompt)]
     text = teacher.encode_prompts([c.prompt for c in conds])
     uncond = teacher.uncond_embedding()
-    z_shape = tuple(teacher.encode_video(torch.zeros(1, 3, world.num_frames, world.height, world.width)).shape[1:])
+    z_shape = latent_shape(teacher, world)
     noise = initial_noise(len(conds), z_shape, spec.seed)
     real = toybench.real_reference(conds, world, spec.seed)
 

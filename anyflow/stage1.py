@@ -31,6 +31,8 @@ from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
 from anyflow.shards import open_shards
 from anyflow.student import average_velocity, student_from_teacher
+from anyflow.flowmap import classifier_free_guidance
+from anyflow.guidance import cond_uncond_velocity
 from anyflow.teacher import teacher_velocity
 from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
@@ -67,12 +69,8 @@ def guided_teacher_target(transformer, uncond: torch.Tensor, guidance_scale: flo
     def fn(z, t, text, dropped):
         if guidance_scale == 1:
             return teacher_velocity(transformer, z, t, text)
-        n = z.shape[0]
-        both = teacher_velocity(transformer, torch.cat([z, z]), torch.cat([t, t]),
-                                torch.cat([text, uncond.expand(n, -1, -1).to(text.dtype)]))
-        v_c, v_u = both[:n], both[n:]
-        guided = v_u + guidance_scale * (v_c - v_u)
-        return torch.where(dropped.view(-1, *([1] * (z.ndim - 1))), v_u, guided)
+        v_c, v_u = cond_uncond_velocity(transformer, z, t, text, uncond)
+        return torch.where(_bc(dropped, z), v_u, classifier_free_guidance(v_c, v_u, guidance_scale))
     return fn
 
 

@@ -26,11 +26,11 @@ import torch
 
 import conf
 from anyflow import toybench, toyworld
-from anyflow.evaluation import bootstrap_ci, initial_noise, run_sampler, student_sampler
+from anyflow.evaluation import bootstrap_ci, initial_noise, latent_shape, run_sampler, student_sampler
 from anyflow.export import load_student
 from anyflow.flowmap import classifier_free_guidance, jump_errors, sample_euler
 from anyflow.student import average_velocity
-from anyflow.teacher import teacher_velocity
+from anyflow.guidance import cond_uncond_velocity
 from anyflow.toybuild import toy_world_of
 from anyflow.wan import load_teacher
 from tasks.evaluate import sweep_spec
@@ -59,7 +59,7 @@ def main() -> None:
     teacher = load_teacher(handle.path, cfg.teacher.negative_prompt)
     student = load_student(Path(args.student)).pipe.transformer.eval()
     uncond = teacher.uncond_embedding()
-    z_shape = tuple(teacher.encode_video(torch.zeros(1, 3, world.num_frames, world.height, world.width)).shape[1:])
+    z_shape = latent_shape(teacher, world)
     out: dict = {"student": args.student, "teacher": handle.path, "jumps": {}, "scores": []}
 
     def prompts(n: int):
@@ -69,11 +69,8 @@ def main() -> None:
     with torch.no_grad():
         conds, text, noise = prompts(args.jump_prompts)
 
-        def v_teacher(z, t):
-            both = teacher_velocity(teacher.transformer, torch.cat([z, z]), torch.cat([t, t]),
-                                    torch.cat([text, uncond.expand(len(z), -1, -1)]))
-            return classifier_free_guidance(*both.chunk(2), spec.teacher_guidance_scale)
-
+        v_teacher = lambda z, t: classifier_free_guidance(
+            *cond_uncond_velocity(teacher.transformer, z, t, text, uncond), spec.teacher_guidance_scale)
         u_student = lambda z, t, r: average_velocity(student, z, t, r, text)
         print(f"Table 1: relative error of each jump vs the teacher's ODE (CFG {spec.teacher_guidance_scale}, "
               f"{args.jump_prompts} prompts, {args.substeps} substeps)\n")

@@ -19,6 +19,7 @@ from anyflow.export import load_student
 from anyflow.media import contact_sheet
 from anyflow.prompts import load_prompts
 from anyflow.shards import ShardReader
+from anyflow.stage1 import FlowMapLossSpec
 from anyflow.toybuild import toy_world_of
 from anyflow.toydomains import DOMAINS, get_domain
 from anyflow.wan import load_teacher
@@ -76,9 +77,14 @@ def downstream_data(cfg: PipelineConfig, parent_run_id: str | None, teacher: Sta
 
 # ------------------------------------------------------------------------------------------- finetune
 
+def finetune_loss(cfg: PipelineConfig) -> FlowMapLossSpec:
+    """The stage-1 loss as fine-tuning uses it: always on its own data (the teacher does not know the new domain)."""
+    return replace(loss_spec(cfg), velocity_target="data", target_guidance_scale=1.0)
+
+
 def finetune_params(cfg: PipelineConfig) -> dict:
     params = {k: v for k, v in cfg.finetune.model_dump(mode="json").items() if k not in EVAL_ONLY}
-    return {**params, "loss": loss_params(cfg, with_target=False), "gate_value": cfg.stage1.gate_value}
+    return {**params, "loss": loss_params(finetune_loss(cfg)), "gate_value": cfg.stage1.gate_value}
 
 
 def finetune_key(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle, data: StageHandle,
@@ -107,8 +113,7 @@ def run_finetune(cfg: PipelineConfig, teacher: StageHandle, student: StageHandle
             replay_dir = out / "replay"
         loop = loop_spec(f, "finetune")
         _, summary = finetune_student(model, Path(student.path) / student.summary["lora"], data.path, out,
-                                      loss=replace(loss_spec(cfg), velocity_target="data"), loop=loop,
-                                      batch_size=f.batch_size,
+                                      loss=finetune_loss(cfg), loop=loop, batch_size=f.batch_size,
                                       gate_value=cfg.stage1.gate_value, replay_dir=replay_dir,
                                       replay_fraction=f.replay_fraction, anchor_weight=f.anchor_weight,
                                       anchor_nfe=f.anchor_nfe, extra_lora_targets=tuple(f.extra_lora_targets),

@@ -47,11 +47,11 @@ def loss_spec(cfg: PipelineConfig) -> FlowMapLossSpec:
                            velocity_target=s.velocity_target, target_guidance_scale=cfg.synthesis.guidance_scale)
 
 
-def loss_params(cfg: PipelineConfig, *, with_target: bool = True) -> dict:
-    """The loss spec as cache-key parameters. The data target (the default) adds no fields, so keys made before
-    `velocity_target` existed still match; `with_target=False` for stages that always use the data target."""
-    params = dict(loss_spec(cfg).__dict__)
-    if not with_target or params["velocity_target"] == "data":
+def loss_params(spec: FlowMapLossSpec) -> dict:
+    """A loss spec as cache-key parameters. The data target (the default) adds no fields, so keys made before
+    `velocity_target` existed still match."""
+    params = dict(spec.__dict__)
+    if spec.velocity_target == "data":
         del params["velocity_target"], params["target_guidance_scale"]
     return params
 

@@ -28,7 +28,7 @@ PREVIEW_ONLY = frozenset({"preview_every", "preview_nfes", "preview_prompts"})
 
 
 def stage2_params(cfg: PipelineConfig) -> dict:
-    return {**cfg.stage2.model_dump(mode="json"), "stage1_loss": loss_params(cfg)}
+    return {**cfg.stage2.model_dump(mode="json"), "stage1_loss": loss_params(loss_spec(cfg))}
 
 
 def stage2_key(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, student: StageHandle,

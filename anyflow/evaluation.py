@@ -131,28 +131,55 @@ class SweepResult:
     anystep: dict
 
 
+@dataclass
+class ToyPrompts:
+    """The fixed half of a ToyBench measurement, built once: base-domain prompts, their text embeddings, the
+    common noise (sample i seeded `seed + i`) and the real reference. Every sampler and NFE of a sweep, and
+    every training-time probe, is scored against the same ones."""
+
+    conds: list[toyworld.Condition]
+    text: torch.Tensor
+    noise: torch.Tensor
+    real: toybench.RealReference
+    world: toyworld.WorldSpec
+    patch: int | None                      # the VAE's patch size, for the seam diagnostic
+    seed: int
+
+    @classmethod
+    def build(cls, teacher: Teacher, world: toyworld.WorldSpec, num_prompts: int, seed: int,
+              seeds_per_prompt: int = 1) -> ToyPrompts:
+        conds = [c for c in toyworld.sample_conditions(num_prompts, seed, "base", world)
+                 for _ in range(seeds_per_prompt)]
+        return cls(conds=conds, text=teacher.encode_prompts([c.prompt for c in conds]),
+                   noise=initial_noise(len(conds), latent_shape(teacher, world), seed),
+                   real=toybench.real_reference(conds, world, seed), world=world,
+                   patch=getattr(teacher.vae.config, "scale_factor_spatial", None), seed=seed)
+
+    def sample(self, sampler: Sampler, steps: int, batch_size: int) -> torch.Tensor:
+        return run_sampler(sampler, self.noise, self.text, steps, batch_size)
+
+    def score(self, teacher: Teacher, latents: torch.Tensor) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        """(ToyBench items and Total, per-video Total, decoded videos) of `latents` drawn from this noise."""
+        videos = teacher.decode(latents)
+        metrics, per_video = toybench.score(videos, self.conds, self.world, self.real, seed=self.seed,
+                                            patch=self.patch)
+        return metrics, per_video, videos
+
+
 def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, world: toyworld.WorldSpec,
               progress: Callable[[str], None] = lambda msg: None) -> SweepResult:
     """Score every sampler at every NFE of `spec` (and the teacher reference) on toy-world prompts."""
-    conds = [c for c in toyworld.sample_conditions(spec.num_prompts, spec.seed, "base", world)
-             for _ in range(spec.seeds_per_prompt)]
-    text = teacher.encode_prompts([c.prompt for c in conds])
-    uncond = teacher.uncond_embedding()
-    z_shape = latent_shape(teacher, world)
-    noise = initial_noise(len(conds), z_shape, spec.seed)
-    real = toybench.real_reference(conds, world, spec.seed)
+    prompts = ToyPrompts.build(teacher, world, spec.num_prompts, spec.seed, spec.seeds_per_prompt)
 
     progress(f"reference: teacher Euler + CFG {spec.teacher_guidance_scale}, {spec.reference_steps} steps")
-    ref_sampler = teacher_sampler(teacher, uncond, spec.teacher_guidance_scale, spec.shift)
-    ref_latents = run_sampler(ref_sampler, noise, text, spec.reference_steps, spec.batch_size)
+    ref_sampler = teacher_sampler(teacher, teacher.uncond_embedding(), spec.teacher_guidance_scale, spec.shift)
+    ref_latents = prompts.sample(ref_sampler, spec.reference_steps, spec.batch_size)
     ref_videos = teacher.decode(ref_latents)
 
     rows, videos, totals, samples = [], {}, {}, {}
-    patch = getattr(teacher.vae.config, "scale_factor_spatial", None)   # the seam diagnostic's patch size
 
     def add(model: str, nfe: int, steps: int, latents: torch.Tensor) -> None:
-        vids = teacher.decode(latents)
-        metrics, per_video = toybench.score(vids, conds, world, real, seed=spec.seed, patch=patch)
+        metrics, per_video, vids = prompts.score(teacher, latents)
         se, lo, hi = bootstrap_ci(per_video, spec.bootstrap_samples, spec.seed)
         fid = toybench.fidelity(latents.numpy(), ref_latents.numpy(), vids, ref_videos)
         rows.append({"model": model, "nfe": nfe, "steps": steps, **metrics, **fid,
@@ -168,7 +195,7 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
             if name == "teacher_euler" and nfe % 2:
                 continue                    # CFG costs two evaluations per step
             progress(f"{name}: NFE {nfe} ({steps} steps)")
-            add(name, nfe, steps, run_sampler(sampler, noise, text, steps, spec.batch_size))
+            add(name, nfe, steps, prompts.sample(sampler, steps, spec.batch_size))
     for r in rows:                          # C(N) wherever the sweep also ran 2N (None elsewhere: same columns)
         finer = samples.get((r["model"], 2 * r["nfe"])) if r["model"] != "reference" else None
         r["step_convergence"] = None if finer is None else step_convergence(samples[(r["model"], r["nfe"])], finer)
@@ -177,6 +204,15 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
         nfes = [n for n in spec.nfe_list]
         anystep = anystep_check(nfes, [totals[("student", n)] for n in nfes], spec.bootstrap_samples, spec.seed)
     return SweepResult(rows=rows, videos=videos, anystep=anystep)
+
+
+@torch.no_grad()
+def probe_student(student, teacher: Teacher, prompts: ToyPrompts, nfes: tuple[int, ...], shift: float,
+                  batch_size: int = 32) -> dict[int, float]:
+    """ToyBench Total of the flow-map `student` at each NFE in `nfes` on `prompts`: the cheap any-step curve
+    a training run logs as it goes (no teacher baselines, no CIs)."""
+    sampler = student_sampler(student, shift)
+    return {n: prompts.score(teacher, prompts.sample(sampler, n, batch_size))[0]["total"] for n in nfes}
 
 
 def plot_sweep(rows: list[dict], path, title: str = "ToyBench Total vs NFE (not comparable to VBench)") -> None:

@@ -1,9 +1,10 @@
-"""What people look at while a distillation runs: sample sheets per NFE, and the drawn rollout budgets."""
+"""What people look at while a distillation runs: sample sheets per NFE, the any-step probe, and the drawn
+rollout budgets."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -45,4 +46,25 @@ def plot_budgets(draws: Sequence[tuple[int, int]], path: str | Path) -> Path:
     right.set_xlabel("trained step position k / s")
     right.set_title("k within the rollout", fontsize=9)
     right.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_probes(probes: Mapping[int, Mapping[int, float]], path: str | Path) -> Path:
+    """ToyBench Total against training step, one line per probe NFE ({step: {nfe: total}}): where the any-step
+    curve is heading while the run trains. Lines that cross mean the curve's order over NFE has changed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(probes)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for nfe in sorted({n for row in probes.values() for n in row}):
+        pts = [(s, probes[s][nfe]) for s in steps if nfe in probes[s]]
+        ax.plot([s for s, _ in pts], [v for _, v in pts], marker="o", label=f"{nfe} NFE")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("ToyBench Total (probe prompts)")
+    ax.set_title("any-step probe during training", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     return save_figure(fig, path)

@@ -134,13 +134,16 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
                  log: LogFn = lambda m, s: None, progress: bool = True, gradient_checkpointing: bool = False,
                  real_transformer: torch.nn.Module | None = None,
                  preview: Callable[[int, torch.nn.Module], None] | None = None,
-                 preview_every: int = 0) -> tuple[torch.nn.Module, dict]:
+                 preview_every: int = 0, probe: Callable[[int, torch.nn.Module], None] | None = None,
+                 probe_every: int = 0) -> tuple[torch.nn.Module, dict]:
     """Stage 2 end to end (recipe §7.7): the generator (stage-1 student, its LoRA continued) trained by DMD on
     flow-map backward simulations plus the stage-1 loss on data; the critic (teacher copy + its own LoRA)
     by flow matching on no-grad rollouts; one batch per update. Writes `out_dir/lora.safetensors`.
     `real_transformer` (e.g. the stage-0 tuned teacher) replaces the teacher as real score and critic init;
     the student is always built from the teacher it was trained from in stage 1. `preview(step, student)` runs
-    every `preview_every` steps and at the end, on the generator's current (not EMA) weights."""
+    every `preview_every` steps and at the end, on the generator's current (not EMA) weights; `probe(step,
+    student)` likewise every `probe_every` steps, on its EMA weights (what the stage exports). Neither changes
+    what the stage trains."""
     out_dir = Path(out_dir)
     student = student_from_teacher(teacher.transformer, gate_value)
     lora_spec = load_lora(student, student_lora)
@@ -186,13 +189,22 @@ def train_stage2(teacher: Teacher, student_lora: str | Path, data_dir: str | Pat
                       grad_clip=loop.grad_clip, every=spec.generator_every, ema=True),
                Update("critic", critic, critic_params, critic_step, lr=critic_lr, betas=betas, grad_clip=loop.grad_clip)]
 
-    def after_step(done: int) -> None:
-        if preview is not None and preview_every > 0 and (done % preview_every == 0 or done == loop.num_steps):
-            was_training = student.training
-            student.eval()
-            with torch.no_grad():
-                preview(done, student)
-            student.train(was_training)
+    def due(fn, every: int, done: int) -> bool:
+        return fn is not None and every > 0 and (done % every == 0 or done == loop.num_steps)
+
+    def look(fn, done: int) -> None:
+        was_training = student.training
+        student.eval()
+        with torch.no_grad():
+            fn(done, student)
+        student.train(was_training)
+
+    def after_step(done: int, ema_weights) -> None:
+        if due(preview, preview_every, done):
+            look(preview, done)
+        if due(probe, probe_every, done):
+            with ema_weights():
+                look(probe, done)
 
     summary = train_updates(updates, lambda pos: reader.batches(batch_size, seed=loop.seed, start=pos), loop,
                             out_dir / "checkpoints", log=log, progress=progress, after_step=after_step)

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,16 @@ def _save(accelerator: Accelerator, ckpt_dir: Path, step: int, position: int, em
             shutil.rmtree(old)
 
 
+@contextmanager
+def _ema_weights(ema: EMAModel, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
+
+
 @dataclass
 class Update:
     """One optimiser step per iteration (or every `every` iterations) of `params` of `model` by `step`,
@@ -115,11 +126,14 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], step_fn: Ste
 def train_updates(updates: list[Update], batches: BatchSource, spec: LoopSpec, ckpt_dir: str | Path,
                   log: LogFn = lambda m, s: None, progress: bool = True,
                   accelerator: Accelerator | None = None,
-                  after_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+                  after_step: Callable[[int, Callable[[], AbstractContextManager]], None] | None = None
+                  ) -> dict[str, Any]:
     """The loop with several alternating updates (stage 2: generator, then critic), each drawing its own
     batch; the data position in checkpoints counts every batch drawn. The EMA owner's EMA weights are left
-    in its model. `after_step(steps_done)` runs on the main process after every iteration (previews); it
-    must not touch the loop's generator or the weights. Returns a summary (the first update's losses)."""
+    in its model. `after_step(steps_done, ema_weights)` runs on the main process after every iteration
+    (previews, probes); `with ema_weights():` holds the EMA weights in the owner's model and restores the
+    trained ones exactly on exit. It must not touch the loop's generator or change the weights. Returns a
+    summary (the first update's losses)."""
     if any(not u.params for u in updates):
         raise ValueError(f"train: no trainable parameters for {[u.name for u in updates if not u.params]}")
     owners = [u for u in updates if u.ema]
@@ -184,7 +198,7 @@ def train_updates(updates: list[Update], batches: BatchSource, spec: LoopSpec, c
         if (step + 1) % spec.checkpoint_every == 0 or step + 1 == spec.num_steps:
             _save(accelerator, ckpt_dir, step + 1, position, ema, generator)
         if after_step is not None and accelerator.is_main_process:
-            after_step(step + 1)
+            after_step(step + 1, lambda: _ema_weights(ema, owner.params))
     accelerator.wait_for_everyone()
     ema.copy_to(owner.params)
     tail = losses[-50:]

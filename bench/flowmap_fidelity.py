@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 import conf
-from anyflow import toybench, toyworld
-from anyflow.evaluation import bootstrap_ci, initial_noise, latent_shape, run_sampler, student_sampler
+from anyflow.evaluation import ToyPrompts, bootstrap_ci, student_sampler
 from anyflow.export import load_student
 from anyflow.flowmap import classifier_free_guidance, jump_errors, sample_euler
 from anyflow.student import average_velocity
@@ -59,15 +58,11 @@ def main() -> None:
     teacher = load_teacher(handle.path, cfg.teacher.negative_prompt)
     student = load_student(Path(args.student)).pipe.transformer.eval()
     uncond = teacher.uncond_embedding()
-    z_shape = latent_shape(teacher, world)
     out: dict = {"student": args.student, "teacher": handle.path, "jumps": {}, "scores": []}
 
-    def prompts(n: int):
-        conds = toyworld.sample_conditions(n, spec.seed, "base", world)
-        return conds, teacher.encode_prompts([c.prompt for c in conds]), initial_noise(n, z_shape, spec.seed)
-
     with torch.no_grad():
-        conds, text, noise = prompts(args.jump_prompts)
+        jump = ToyPrompts.build(teacher, world, args.jump_prompts, spec.seed)
+        text, noise = jump.text, jump.noise
 
         v_teacher = lambda z, t: classifier_free_guidance(
             *cond_uncond_velocity(teacher.transformer, z, t, text, uncond), spec.teacher_guidance_scale)
@@ -85,17 +80,15 @@ def main() -> None:
 
         nfes = [int(s) for s in args.score_nfe.split(",") if s]
         if nfes:
-            conds, text, noise = prompts(spec.num_prompts)
-            real = toybench.real_reference(conds, world, spec.seed)
-            patch = getattr(teacher.vae.config, "scale_factor_spatial", None)
-            score = lambda lat: toybench.score(teacher.decode(lat), conds, world, real, seed=spec.seed, patch=patch)
+            prompts = ToyPrompts.build(teacher, world, spec.num_prompts, spec.seed)
+            score = lambda lat: prompts.score(teacher, lat)[:2]
             euler = lambda nz, tx, steps: sample_euler(lambda z, t: average_velocity(student, z, t, t, tx), nz, steps,
                                                        spec.shift)
             print(f"\nTable 2: ToyBench Total, {spec.num_prompts} prompts, common noise, grid shift {spec.shift}\n")
             print("| NFE | flow map | Euler on u(z, t, t) | Euler - flow map [95% CI] |\n|---|---|---|---|")
             for n in nfes:
-                fm, pf = score(run_sampler(student_sampler(student, spec.shift), noise, text, n, spec.batch_size))
-                eu, pe = score(run_sampler(euler, noise, text, n, spec.batch_size))
+                fm, pf = score(prompts.sample(student_sampler(student, spec.shift), n, spec.batch_size))
+                eu, pe = score(prompts.sample(euler, n, spec.batch_size))
                 _, lo, hi = bootstrap_ci(pe - pf, spec.bootstrap_samples, spec.seed)
                 out["scores"].append({"nfe": n, "flow_map": fm["total"], "own_velocity_euler": eu["total"],
                                       "diff_ci": [lo, hi]})

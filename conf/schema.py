@@ -112,6 +112,12 @@ class TeacherTuneConfig(Section):
     seed: int = 0
 
 
+def _increasing_nfes(field: str, v: tuple[int, ...]) -> tuple[int, ...]:
+    if not v or list(v) != sorted(set(v)) or v[0] < 1:
+        raise ValueError(f"{field} must be strictly increasing positive integers, got {list(v)}")
+    return v
+
+
 class Stage2Config(Section):
     """On-policy flow-map distillation: backward simulation + DMD (recipe §7)."""
 
@@ -130,6 +136,9 @@ class Stage2Config(Section):
     preview_every: int = Field(50, ge=0)                   # sample sheet per NFE every N steps (0: off)
     preview_nfes: tuple[int, ...] = (1, 2, 4, 8)
     preview_prompts: int = Field(4, ge=1)                  # the first N evaluation prompts
+    probe_every: int = Field(0, ge=0)                      # ToyBench Total per probe NFE every N steps (0: off)
+    probe_nfes: tuple[int, ...] = (4, 16, 32)
+    probe_prompts: int = Field(32, ge=2)                   # the first N evaluation prompts, the evaluation's noise
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start_step: int = Field(200, ge=0)
     checkpoint_every: int = Field(100, ge=1)
@@ -142,6 +151,11 @@ class Stage2Config(Section):
         if not v or any(s < 1 for s in v):
             raise ValueError(f"stage2.rollout_budgets must be non-empty positive step counts, got {v}")
         return v
+
+    @field_validator("probe_nfes")
+    @classmethod
+    def _probe_nfes(cls, v):
+        return _increasing_nfes("stage2.probe_nfes", v)
 
 
 class EvaluationConfig(Section):
@@ -161,9 +175,7 @@ class EvaluationConfig(Section):
     @field_validator("nfe_list")
     @classmethod
     def _nfe(cls, v):
-        if not v or list(v) != sorted(set(v)) or v[0] < 1:
-            raise ValueError(f"evaluation.nfe_list must be strictly increasing positive integers, got {list(v)}")
-        return v
+        return _increasing_nfes("evaluation.nfe_list", v)
 
 
 class FinetuneConfig(Section):
@@ -258,3 +270,10 @@ class PipelineConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     paths: PathsConfig = Field(default_factory=PathsConfig)
+
+    @model_validator(mode="after")
+    def _probe_needs_toybench(self):
+        if self.stage2.probe_every and self.evaluation.backend != "toybench":
+            raise ValueError(f"stage2.probe_every={self.stage2.probe_every} scores ToyBench, which needs the toy "
+                             f"world; evaluation.backend is {self.evaluation.backend!r} (set stage2.probe_every=0)")
+        return self

@@ -1,7 +1,8 @@
 """Stage 2 task: on-policy flow-map distillation of the stage-1 student (recipe §7). Resumable from its
 checkpoints in the stage's `.partial` directory. While it trains, a sample sheet per NFE is logged every
-`stage2.preview_every` steps (`previews/step_NNNNNN.png`); at the end, a histogram of the drawn rollout
-budgets s and trained steps k (`budgets.png`)."""
+`stage2.preview_every` steps (`previews/step_NNNNNN.png`); with `stage2.probe_every`, the EMA student's
+ToyBench Total at each probe NFE (metrics `probe/total_nfeN`, `probes.jsonl`, `probes.png`); at the end, a
+histogram of the drawn rollout budgets s and trained steps k (`budgets.png`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from prefect import task
 
-from anyflow.previews import plot_budgets, preview_sheet
+from anyflow.evaluation import ToyPrompts, probe_student
+from anyflow.previews import plot_budgets, plot_probes, preview_sheet
 from anyflow.prompts import load_prompts
 from anyflow.shards import ShardReader
 from anyflow.stage2 import Stage2Spec, train_stage2
@@ -19,12 +21,14 @@ from anyflow.toybuild import toy_world_of
 from anyflow.wan import Teacher, load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
+from tasks.evaluate import grid_shift
 from tasks.stage1 import EXECUTION_ONLY, loss_params, loss_spec
 from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
 
 
-# previews are looked at, not learned from: they never change the stage's result
-PREVIEW_ONLY = frozenset({"preview_every", "preview_nfes", "preview_prompts"})
+# previews and probes are looked at, not learned from: they never change the stage's result
+PREVIEW_ONLY = frozenset({"preview_every", "preview_nfes", "preview_prompts", "probe_every", "probe_nfes",
+                          "probe_prompts"})
 
 
 def stage2_params(cfg: PipelineConfig) -> dict:
@@ -55,6 +59,36 @@ def _previewer(cfg: PipelineConfig, model: Teacher, teacher: StageHandle, data: 
     return preview
 
 
+def _prober(cfg: PipelineConfig, model: Teacher, teacher: StageHandle, out: Path, ctx: StageContext):
+    """probe(step, student): ToyBench Total at each probe NFE on the first evaluation prompts and noise,
+    logged as `probe/total_nfeN` and appended to `probes.jsonl` (a resumed run re-appends; the last wins)."""
+    c = cfg.stage2
+    world = toy_world_of(teacher.path)
+    if world is None:
+        raise ValueError(f"stage2.probe_every={c.probe_every} needs a toy teacher (ToyBench); {teacher.path} is "
+                         f"not one (set stage2.probe_every=0)")
+    prompts = ToyPrompts.build(model, world, c.probe_prompts, cfg.evaluation.seed)
+    shift = grid_shift(cfg)
+
+    def probe(step: int, student) -> None:
+        totals = probe_student(student, model, prompts, tuple(c.probe_nfes), shift)
+        ctx.log({f"probe/total_nfe{n}": v for n, v in totals.items()}, step)
+        with (out / "probes.jsonl").open("a") as f:
+            f.write(json.dumps({"step": step, "totals": {str(n): v for n, v in totals.items()}}) + "\n")
+
+    return probe
+
+
+def _read_jsonl_by_step(path: Path) -> dict[int, dict]:
+    """{step: record} of a per-step log; the last record of a step wins (a resumed run repeats steps)."""
+    records = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            records[d["step"]] = d
+    return records
+
+
 def run_stage2(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, student: StageHandle,
                parent_run_id: str | None = None, progress: bool = True, tuned: StageHandle | None = None) -> StageHandle:
     c = cfg.stage2
@@ -83,13 +117,17 @@ def run_stage2(cfg: PipelineConfig, teacher: StageHandle, data: StageHandle, stu
                                   batch_size=c.batch_size, gate_value=cfg.stage1.gate_value, log=log,
                                   progress=progress, gradient_checkpointing=c.gradient_checkpointing,
                                   real_transformer=real, preview_every=c.preview_every,
-                                  preview=_previewer(cfg, model, teacher, data, out, ctx) if c.preview_every else None)
+                                  preview=_previewer(cfg, model, teacher, data, out, ctx) if c.preview_every else None,
+                                  probe_every=c.probe_every,
+                                  probe=_prober(cfg, model, teacher, out, ctx) if c.probe_every else None)
         summary.pop("losses")
-        draws = {}
-        for line in draws_file.read_text().splitlines():
-            d = json.loads(line)
-            draws[d["step"]] = (d["s"], d["k"])      # the last record of a step wins (resumes repeat steps)
+        draws = {step: (d["s"], d["k"]) for step, d in _read_jsonl_by_step(draws_file).items()}
         ctx.log_artifact(plot_budgets(list(draws.values()), out / "budgets.png"))
+        probes = {step: {int(n): v for n, v in d["totals"].items()}
+                  for step, d in _read_jsonl_by_step(out / "probes.jsonl").items()}
+        if probes:
+            ctx.log_artifact(plot_probes(probes, out / "probes.png"))
+            summary["probe"] = {str(n): v for n, v in probes[max(probes)].items()}
         counts = {str(s): sum(1 for ss, _ in draws.values() if ss == s) for s in sorted({s for s, _ in draws.values()})}
         return {**summary, "lora": "lora.safetensors", "budget_counts": counts,
                 "tuned_teacher": tuned.key if tuned is not None else None}

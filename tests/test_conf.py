@@ -44,6 +44,7 @@ def test_ci_is_a_shrunk_toy():
     ("stage1.diffusion_ratio=0.9", "stage1.diffusion_ratio", "0.9"),
     ("teacher.source=path", "teacher.path", "teacher.path"),
     ("synthesis.guidance_scale=0.5", "synthesis.guidance_scale", "0.5"),
+    ("stage2.probe_nfes=[16,4]", "stage2.probe_nfes", "[16, 4]"),
 ])
 def test_bad_values_name_field_and_value(override, field, value):
     with pytest.raises(conf.ConfigError) as err:
@@ -108,3 +109,20 @@ def test_evaluation_grid_shift_defaults_to_the_training_shift():
     assert config_hash(evaluate_params(base)) != config_hash(evaluate_params(other))
     with pytest.raises(ValueError, match="evaluation.shift"):
         conf.load("ci", ["evaluation.shift=0"])
+
+
+def test_training_probe_needs_toybench():
+    assert conf.load("toy", ["stage2.probe_every=100"]).stage2.probe_every == 100
+    with pytest.raises(conf.ConfigError, match="stage2.probe_every=100.*'vbench'"):
+        conf.load("toy", ["stage2.probe_every=100", "evaluation.backend=vbench"])
+
+
+def test_probe_settings_do_not_key_stage2():
+    from tasks.artifacts import StageHandle
+    from tasks.stage2 import stage2_key
+
+    h = StageHandle(stage="x", key="k", path="/p", summary={})
+    keys = {stage2_key(conf.load("ci", o), h, h, h) for o in
+            ([], ["stage2.probe_every=0"], ["stage2.probe_every=7", "stage2.probe_nfes=[2,8]", "stage2.probe_prompts=9"])}
+    assert len(keys) == 1
+    assert stage2_key(conf.load("ci", ["stage2.num_steps=5"]), h, h, h) not in keys

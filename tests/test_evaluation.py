@@ -1,11 +1,11 @@
-"""NFE sweep pieces: common random numbers, bootstrap CIs, the any-step check, and a tiny sweep on the ci
-teacher (rows, CFG-counted teacher NFEs, reference row, plot)."""
+"""NFE sweep pieces: common random numbers, bootstrap CIs, the any-step check, a tiny sweep on the ci
+teacher (rows, CFG-counted teacher NFEs, reference row, plot), and the training-time probe against it."""
 
 import numpy as np
 import torch
 
-from anyflow.evaluation import SweepSpec, anystep_check, bootstrap_ci, initial_noise, plot_sweep, step_convergence, \
-    student_sampler, teacher_sampler, toy_sweep
+from anyflow.evaluation import SweepSpec, ToyPrompts, anystep_check, bootstrap_ci, initial_noise, plot_sweep, \
+    probe_student, step_convergence, student_sampler, teacher_sampler, toy_sweep
 from anyflow.student import student_from_teacher
 from anyflow.toybuild import toy_world_of
 from anyflow.wan import load_teacher
@@ -78,3 +78,14 @@ def test_tiny_sweep_on_the_ci_teacher(ci_teacher, tmp_path):
     assert result.videos[("student", 2)].shape == (4, 9, 32, 32, 3)
     plot_sweep(result.rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_probe_scores_what_the_sweep_scores(ci_teacher):
+    """The training-time probe is the sweep's student row on fewer NFEs: same prompts, noise and Total."""
+    teacher = load_teacher(ci_teacher.path)
+    world = toy_world_of(ci_teacher.path)
+    spec = SweepSpec(nfe_list=(1, 2), num_prompts=4, reference_steps=1, bootstrap_samples=0, shift=3.0)
+    student = student_from_teacher(teacher.transformer).eval()
+    rows = toy_sweep({"student": student_sampler(student, spec.shift)}, teacher, spec, world).rows
+    probe = probe_student(student, teacher, ToyPrompts.build(teacher, world, 4, spec.seed), (1, 2), spec.shift)
+    assert probe == {r["nfe"]: r["total"] for r in rows if r["model"] == "student"}

@@ -85,6 +85,9 @@ def test_mlflow_parent_and_children(twice):
     assert [a.path for a in client.list_artifacts(s2.info.run_id, "previews")] == [
         "previews/step_000002.png", "previews/step_000004.png"]
     assert sum(first["stages"]["stage2"]["budget_counts"].values()) == 4
+    assert [m.step for m in client.get_metric_history(s2.info.run_id, "probe/total_nfe4")] == [2, 4]
+    assert "probes.png" in {a.path for a in client.list_artifacts(s2.info.run_id)}
+    assert set(first["stages"]["stage2"]["probe"]) == {"1", "4"}
     s1 = runs["stage1"]
     assert s1.data.params["fused_guidance_scale"] == "3.0" and s1.data.params["lora.rank"] == "32"
     assert len(client.get_metric_history(s1.info.run_id, "stage1/loss")) == 10

@@ -9,7 +9,7 @@ from anyflow.lora import LoraSpec, attach_lora, lora_parameters
 from anyflow.shards import ShardReader, ShardWriter
 from anyflow.stage1 import FlowMapLossSpec, flowmap_loss
 from anyflow.student import student_from_teacher
-from anyflow.training import LoopSpec, train
+from anyflow.training import LoopSpec, Update, train, train_updates
 from tinymodels import tiny_wan
 
 
@@ -77,3 +77,37 @@ def test_loop_spec_takes_every_field_a_config_section_has():
     s1, s2 = loop_spec(cfg.stage1, "stage1"), loop_spec(cfg.stage2, "stage2")
     assert (s1.num_steps, s1.weight_decay, s1.warmup_steps, s1.betas, s1.name) == (10, 0.01, 2, (0.9, 0.95), "stage1")
     assert (s2.lr, s2.betas, s2.warmup_steps, s2.weight_decay, s2.checkpoint_every) == (3e-6, (0.0, 0.999), 0, 0.0, 2)
+
+
+def test_after_step_sees_the_ema_weights_and_changes_nothing(shards, tmp_path):
+    """Probes score the EMA weights (what a stage exports) from inside the loop; leaving them must restore the
+    trained weights exactly, so a run with the hook ends bit for bit where a run without it does."""
+    uncond = torch.zeros(1, 12, 32)
+    spec = FlowMapLossSpec(text_dropout=0.5)
+    loop = LoopSpec(num_steps=4, lr=1e-2, warmup_steps=0, ema_decay=0.5, ema_start_step=0, checkpoint_every=4,
+                    seed=3, name="t")
+
+    def go(ckpt, hook=None):
+        student = student_from_teacher(tiny_wan())
+        params = attach_lora(student, LoraSpec(rank=2, alpha=2.0))
+        step = lambda model, batch, gen: flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, spec, gen)
+        reader = ShardReader(shards)
+        train_updates([Update("t", student, params, step, lr=loop.lr, ema=True)],
+                      lambda pos: reader.batches(4, seed=0, start=pos), loop, ckpt, progress=False,
+                      after_step=None if hook is None else lambda done, ema: hook(done, ema, params))
+        return params
+
+    seen = []
+
+    def hook(done, ema_weights, params):
+        raw = [p.detach().clone() for p in params]
+        with ema_weights():
+            inside = [p.detach().clone() for p in params]
+        seen.append((done, any(not torch.equal(a, b) for a, b in zip(raw, inside)),
+                     all(torch.equal(a, p) for a, p in zip(raw, params))))
+
+    plain, hooked = go(tmp_path / "a"), go(tmp_path / "b", hook)
+    assert [d for d, _, _ in seen] == [1, 2, 3, 4]
+    assert all(differs for _, differs, _ in seen[1:])      # the EMA lags the trained weights once they move
+    assert all(restored for _, _, restored in seen)
+    assert all(torch.equal(a, b) for a, b in zip(plain, hooked))

@@ -178,6 +178,10 @@ def _report(summary: dict) -> None:
     for stage, info in summary["stages"].items():
         print(f"[anyflow] {stage:15s} {info['status']:9s} {info['path']}")
     print(f"[anyflow] student: {summary['exported_model']}")
+    stage2 = summary["stages"].get("stage2", {})
+    if stage2.get("probe"):
+        scores = ", ".join(f"{n} NFE {v:.3f}" for n, v in stage2["probe"].items())
+        print(f"[anyflow] stage-2 probe at its last step: {scores}; training curve {Path(stage2['path']) / 'probes.png'}")
     if summary.get("evaluation"):
         ev = summary["evaluation"]
         rows = Path(ev["table"]).with_name("table.json")

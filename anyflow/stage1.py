@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from anyflow.flowmap import classifier_free_guidance
+from anyflow.gradckpt import enable_gradient_checkpointing
+from anyflow.guidance import cond_uncond_velocity
 from anyflow.lora import LoraSpec, attach_lora, save_lora
 from anyflow.schedule import beta_time_weight, sample_time_pairs
 from anyflow.shards import open_shards
 from anyflow.student import average_velocity, student_from_teacher
-from anyflow.flowmap import classifier_free_guidance
-from anyflow.guidance import cond_uncond_velocity
 from anyflow.teacher import teacher_velocity
-from anyflow.gradckpt import enable_gradient_checkpointing
 from anyflow.training import LogFn, LoopSpec, train
 
 

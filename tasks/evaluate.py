@@ -16,11 +16,11 @@ from anyflow import vbench
 from anyflow.evaluation import SweepSpec, plot_sweep, student_sampler, teacher_sampler, toy_sweep
 from anyflow.export import Student, load_student
 from anyflow.media import contact_sheet, save_gif
-from anyflow.toybuild import toy_world_of
 from anyflow.wan import load_teacher
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, stage_key
 from tasks.stagerun import StageContext, prefect_cache_key, run_stage
+from tasks.teacher import require_toy_world
 
 HEADLINE = ("total", "quality", "semantic", "colour", "shape", "direction", "count", "dynamic", "swd",
             "sharpness_ratio", "seam_ratio", "latent_rel_error", "psnr", "step_convergence")
@@ -78,9 +78,7 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
                          lambda out, ctx: _vbench(cfg, student, out, ctx))
 
     def build(out: Path, ctx: StageContext) -> dict:
-        world = toy_world_of(teacher.path)
-        if world is None:
-            raise ValueError(f"ToyBench needs a toy teacher; {teacher.path} is not one (use evaluation.backend=vbench)")
+        world = require_toy_world(teacher, "ToyBench", "use evaluation.backend=vbench")
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
         spec = sweep_spec(cfg)
         exported = _to_sweep_grid(load_student(Path(student.path) / student.summary["model"]), spec.shift)

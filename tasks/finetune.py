@@ -28,6 +28,7 @@ from tasks.artifacts import StageHandle, folder_fingerprint, stage_key, write_js
 from tasks.export import export_lora_student
 from tasks.stage1 import loss_params, loss_spec
 from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
+from tasks.teacher import require_toy_world
 
 EVAL_ONLY = ("nfe_list", "base_nfe_list", "num_eval_prompts", "bench")
 
@@ -57,10 +58,8 @@ def external_shards(folder: str | Path) -> StageHandle:
 
 def run_downstream_data(cfg: PipelineConfig, teacher: StageHandle, parent_run_id: str | None = None) -> StageHandle:
     def build(out: Path, ctx: StageContext) -> dict:
-        world = toy_world_of(teacher.path)
-        if world is None:
-            raise ValueError(f"finetune.domain={cfg.finetune.domain} renders the toy world, but {teacher.path} is not "
-                             "a toy teacher: point finetune.domain at a shard folder instead")
+        world = require_toy_world(teacher, f"finetune.domain={cfg.finetune.domain} (a toy domain)",
+                                  "point finetune.domain at a shard folder instead")
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
         return render_downstream_shards(model, world, out, domain=cfg.finetune.domain,
                                         num_samples=cfg.finetune.num_samples, seed=cfg.finetune.seed)
@@ -152,10 +151,8 @@ def run_finetune_eval(cfg: PipelineConfig, teacher: StageHandle, before: StageHa
     p = finetune_eval_params(cfg)
 
     def build(out: Path, ctx: StageContext) -> dict:
-        world = toy_world_of(teacher.path)
-        if world is None:
-            raise ValueError(f"the before/after evaluation uses the toy world's DownstreamBench; {teacher.path} "
-                             "is not a toy teacher (set finetune.enabled=false and evaluate the export yourself)")
+        world = require_toy_world(teacher, "the before/after evaluation (the toy world's DownstreamBench)",
+                                  "set finetune.enabled=false and evaluate the export yourself")
         models = {"before": load_student(Path(before.path) / before.summary["model"]),
                   "after": load_student(Path(after.path) / after.summary["model"])}
         bench = get_domain(p["bench"])

@@ -24,6 +24,7 @@ from tasks.artifacts import StageHandle, stage_key
 from tasks.evaluate import grid_shift
 from tasks.stage1 import EXECUTION_ONLY, loss_params, loss_spec
 from tasks.stagerun import StageContext, loop_spec, prefect_cache_key, run_stage
+from tasks.teacher import require_toy_world
 
 
 # previews and probes are looked at, not learned from: they never change the stage's result
@@ -63,10 +64,7 @@ def _prober(cfg: PipelineConfig, model: Teacher, teacher: StageHandle, out: Path
     """probe(step, student): ToyBench Total at each probe NFE on the first evaluation prompts and noise,
     logged as `probe/total_nfeN` and appended to `probes.jsonl` (a resumed run re-appends; the last wins)."""
     c = cfg.stage2
-    world = toy_world_of(teacher.path)
-    if world is None:
-        raise ValueError(f"stage2.probe_every={c.probe_every} needs a toy teacher (ToyBench); {teacher.path} is "
-                         f"not one (set stage2.probe_every=0)")
+    world = require_toy_world(teacher, f"stage2.probe_every={c.probe_every} (ToyBench)", "set stage2.probe_every=0")
     prompts = ToyPrompts.build(model, world, c.probe_prompts, cfg.evaluation.seed)
     shift = grid_shift(cfg)
 

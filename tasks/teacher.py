@@ -9,7 +9,8 @@ from pathlib import Path
 
 from prefect import task
 
-from anyflow.toybuild import build_toy_teacher
+from anyflow.toybuild import build_toy_teacher, toy_world_of
+from anyflow.toyworld import WorldSpec
 from anyflow.wan import TOY_SPEC_FILE, check_wan_folder
 from conf.schema import PipelineConfig
 from tasks.artifacts import StageHandle, folder_fingerprint, read_manifest, stage_dir, stage_key
@@ -108,3 +109,11 @@ def teacher(cfg: PipelineConfig, parent_run_id: str | None) -> StageHandle:
 
 def teacher_params(cfg: PipelineConfig) -> dict:
     return cfg.teacher.model_dump(mode="json")
+
+
+def require_toy_world(teacher: StageHandle, needs: str, otherwise: str) -> WorldSpec:
+    """The toy world `teacher` was built for; a clear error naming what `needs` it when it is another Wan folder."""
+    world = toy_world_of(teacher.path)
+    if world is None:
+        raise ValueError(f"{needs} needs a toy teacher; {teacher.path} is not one ({otherwise})")
+    return world

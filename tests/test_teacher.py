@@ -1,4 +1,5 @@
-"""The toy teacher: flow-matching pieces, and the ci-preset build as a real WanPipeline folder."""
+"""The toy teacher: flow-matching pieces, the ci-preset build as a real WanPipeline folder, and the check that
+toy-only steps name themselves on any other Wan folder."""
 
 import json
 from pathlib import Path
@@ -95,3 +96,16 @@ def test_teacher_build_is_cached(ci_config, ci_teacher):
         update={"root": str(Path(ci_teacher.path).parents[2])})})
     again = build_teacher(cfg, progress=False)
     assert again.path == ci_teacher.path and again.summary["cache_hit"]
+
+
+def test_toy_only_steps_name_themselves_on_another_wan_folder(ci_teacher, random_wan_folder):
+    from dataclasses import replace
+
+    from anyflow.toybuild import toy_world_of
+    from tasks.teacher import require_toy_world
+
+    world = require_toy_world(ci_teacher, "ToyBench", "use vbench")
+    assert world is not None and world == toy_world_of(ci_teacher.path)
+    real = replace(ci_teacher, path=str(random_wan_folder))
+    with pytest.raises(ValueError, match=r"stage2.probe_every=5 needs a toy teacher; .* is not one \(set it to 0\)"):
+        require_toy_world(real, "stage2.probe_every=5", "set it to 0")

@@ -3,16 +3,20 @@
 Every sampler starts from the same noise per (prompt, seed): sample i's noise comes from a generator
 seeded `seed + i`. Rows of the result table are (model, NFE); the models are
   student         the flow-map student, N steps on the shifted grid, guidance fused: NFE = N
+  consistency     the same student sampled consistency-style (jump to data, re-noise; evaluation.md §2.3 "CM"),
+                  the sampler the paper contrasts with flow-map sampling: NFE = N
   teacher_euler   the teacher's Euler with CFG at N/2 steps: NFE = 2·(N/2) (CFG is counted; odd NFEs skipped)
   reference       the teacher's full-step CFG solution (`reference_steps` Euler steps), the converged ODE answer
 Scores come from ToyBench (anyflow.toybench) for the toy world. Total gets a bootstrap CI over videos, and
 the any-step check asks that the student's Total never falls by more than its noise as NFE grows. Beside it,
 the protocol statistics of reference/evaluation.md §2.3: ΔTotal = Total(32) − Total(4) with a paired 95 % CI
-and Spearman ρ over the NFEs from 4 up; and per row the step-refinement convergence C(N) (§2.2 A.2).
+and Spearman ρ over the NFEs from 4 up; and per row the step-refinement convergence C(N) (§2.2 A.2). The same
+statistics are computed for every baseline sampler, so the student's curve reads against theirs.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,9 +24,10 @@ import numpy as np
 import torch
 
 from anyflow import toybench, toyworld
-from anyflow.flowmap import classifier_free_guidance, sample_euler, sample_flow_map
+from anyflow.flowmap import AverageVelocityFn, classifier_free_guidance, sample_euler, sample_flow_map, x0_estimate
 from anyflow.guidance import cond_uncond_velocity
 from anyflow.media import save_figure
+from anyflow.schedule import time_grid
 from anyflow.student import average_velocity
 from anyflow.wan import Teacher
 
@@ -56,6 +61,42 @@ def latent_shape(teacher: Teacher, world: toyworld.WorldSpec) -> tuple[int, ...]
 def student_sampler(model, shift: float) -> Sampler:
     return lambda noise, text, steps: sample_flow_map(
         lambda z, t, r: average_velocity(model, z, t, r, text), noise, steps, shift)
+
+
+def renoise(z_T: torch.Tensor, step: int, seed: int) -> torch.Tensor:
+    """Fresh standard normal noise shaped like `z_T` for re-noising step `step`. Sample j's draw comes from a
+    generator seeded by (seed, step, its own initial noise), so it does not depend on the batch it is sampled in,
+    reruns repeat it bit for bit, and every NFE re-noises a given sample with the same draws (common random
+    numbers, evaluation.md §2.3)."""
+    out = torch.empty_like(z_T)
+    for j, z in enumerate(z_T):
+        ident = hashlib.blake2b(z.detach().cpu().contiguous().numpy().tobytes(), digest_size=8,
+                                key=f"{seed}:{step}".encode()).digest()
+        out[j] = torch.randn(z.shape, generator=torch.Generator().manual_seed(int.from_bytes(ident, "little") >> 1),
+                             dtype=z_T.dtype)
+    return out
+
+
+def sample_consistency(u_fn: AverageVelocityFn, noise: torch.Tensor, num_steps: int, shift: float,
+                       seed: int) -> torch.Tensor:
+    """Multistep consistency sampling with a flow map (evaluation.md §2.3 "CM", as rCM and Self-Forcing sample):
+    at each point σ_i of `time_grid(N, shift)` jump to data, x̂₀ = z − σ_i·u(z, σ_i, 0), then re-noise to the next
+    point with fresh noise, z_{σ_{i+1}} = (1 − σ_{i+1})·x̂₀ + σ_{i+1}·ε_i; the last x̂₀ is the sample. N network
+    calls (NFE = N); N = 1 is the flow-map sampler's single jump. Each step starts over from a one-shot estimate
+    instead of following the trajectory, which is why the paper expects it not to improve with N."""
+    grid = time_grid(num_steps, shift).tolist()
+    z, batch = noise, noise.shape[0]
+    for i, (t, r) in enumerate(zip(grid[:-1], grid[1:])):
+        t_b = torch.full((batch,), t, dtype=torch.float32, device=noise.device)
+        x0 = x0_estimate(z, u_fn(z, t_b, torch.zeros_like(t_b)), t_b)
+        z = x0 if r == 0 else (1 - r) * x0 + r * renoise(noise, i, seed).to(noise.device)
+    return z
+
+
+def consistency_sampler(model, shift: float, seed: int) -> Sampler:
+    """The flow-map student sampled consistency-style (`sample_consistency`), guidance fused: NFE = N."""
+    return lambda noise, text, steps: sample_consistency(
+        lambda z, t, r: average_velocity(model, z, t, r, text), noise, steps, shift, seed)
 
 
 def teacher_sampler(teacher: Teacher, uncond: torch.Tensor, guidance: float, shift: float) -> Sampler:
@@ -128,7 +169,7 @@ def step_convergence(x: torch.Tensor, x_finer: torch.Tensor) -> float:
 class SweepResult:
     rows: list[dict]                       # one per (model, nfe)
     videos: dict[tuple[str, int], np.ndarray]
-    anystep: dict
+    anystep: dict                          # the student's check; its "baselines" hold the others' (evaluation.md §2.3)
 
 
 @dataclass
@@ -199,10 +240,14 @@ def toy_sweep(samplers: dict[str, Sampler], teacher: Teacher, spec: SweepSpec, w
     for r in rows:                          # C(N) wherever the sweep also ran 2N (None elsewhere: same columns)
         finer = samples.get((r["model"], 2 * r["nfe"])) if r["model"] != "reference" else None
         r["step_convergence"] = None if finer is None else step_convergence(samples[(r["model"], r["nfe"])], finer)
-    anystep = {}
-    if "student" in samplers:
-        nfes = [n for n in spec.nfe_list]
-        anystep = anystep_check(nfes, [totals[("student", n)] for n in nfes], spec.bootstrap_samples, spec.seed)
+    checks = {}
+    for name in samplers:                   # the student's check, and the same statistics for each baseline
+        nfes = [n for n in spec.nfe_list if (name, n) in totals]
+        if name == "student" or len(nfes) >= 2:
+            checks[name] = anystep_check(nfes, [totals[(name, n)] for n in nfes], spec.bootstrap_samples, spec.seed)
+    anystep = checks.pop("student", {})
+    if anystep and checks:
+        anystep["baselines"] = checks
     return SweepResult(rows=rows, videos=videos, anystep=anystep)
 
 
@@ -215,6 +260,10 @@ def probe_student(student, teacher: Teacher, prompts: ToyPrompts, nfes: tuple[in
     return {n: prompts.score(teacher, prompts.sample(sampler, n, batch_size))[0]["total"] for n in nfes}
 
 
+PLOT_LABELS = {"student": "student (flow-map sampling)", "consistency": "student, consistency sampling",
+               "teacher_euler": "teacher Euler + CFG"}
+
+
 def plot_sweep(rows: list[dict], path, title: str = "ToyBench Total vs NFE (not comparable to VBench)") -> None:
     """Score-vs-NFE plot: a line with 95 % CI per model, the reference as a dashed line."""
     import matplotlib
@@ -223,12 +272,12 @@ def plot_sweep(rows: list[dict], path, title: str = "ToyBench Total vs NFE (not 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for model in sorted({r["model"] for r in rows} - {"reference"}):
+    for model in dict.fromkeys(r["model"] for r in rows if r["model"] != "reference"):   # in sweep order
         pts = sorted((r for r in rows if r["model"] == model), key=lambda r: r["nfe"])
         x = [r["nfe"] for r in pts]
         y = [r["total"] for r in pts]
         err = [[r["total"] - r["total_ci_lo"] for r in pts], [r["total_ci_hi"] - r["total"] for r in pts]]
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=model)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=PLOT_LABELS.get(model, model))
     for r in rows:
         if r["model"] == "reference":
             ax.axhline(r["total"], ls="--", c="gray", label=f"teacher reference ({r['steps']} steps + CFG)")

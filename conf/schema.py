@@ -171,11 +171,20 @@ class EvaluationConfig(Section):
     bootstrap_samples: int = Field(1000, ge=0)
     shift: float | None = Field(None, gt=0)                # sampling-grid shift of every model; None: stage1.shift
     seed: int = 1234
+    consistency_baseline: bool = False                     # toybench: also sample the student consistency-style
+                                                           # (jump to data, re-noise), the paper's contrast
 
     @field_validator("nfe_list")
     @classmethod
     def _nfe(cls, v):
         return _increasing_nfes("evaluation.nfe_list", v)
+
+    @model_validator(mode="after")
+    def _consistency_needs_toybench(self):
+        if self.consistency_baseline and self.backend != "toybench":
+            raise ValueError(f"evaluation.consistency_baseline=true is a ToyBench baseline; evaluation.backend is "
+                             f"{self.backend!r} (set evaluation.consistency_baseline=false)")
+        return self
 
 
 class FinetuneConfig(Section):

@@ -157,17 +157,23 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+SAMPLER_LABELS = {"student": "student", "consistency": "student, consistency sampling",
+                  "teacher_euler": "teacher Euler+CFG"}
+
+
 def score_table(rows: list[dict], shift: float | None = None) -> str:
-    """ToyBench Total by NFE: the student, the teacher's Euler + CFG at the same NFE, and the full-step reference
-    (all on N-step grids with time shift `shift`, when given)."""
+    """ToyBench Total by NFE: the student, the same student sampled consistency-style (when the sweep ran it),
+    the teacher's Euler + CFG at the same NFE, and the full-step reference (all on N-step grids with time shift
+    `shift`, when given)."""
     nfes = sorted({r["nfe"] for r in rows if r["model"] == "student"})
     get = {(r["model"], r["nfe"]): r["total"] for r in rows}
+    models = [m for m in SAMPLER_LABELS if any(r["model"] == m for r in rows)]
     ref = next((r for r in rows if r["model"] == "reference"), None)
-    cell = lambda m, n: f"{get[(m, n)]:.3f}" if (m, n) in get else "  -  "
+    cell = lambda m, n: f"{get[(m, n)]:.3f}" if (m, n) in get else "-"
     grid = f"; grids of time shift {shift:g}" if shift is not None else ""
     lines = [f"[anyflow] ToyBench Total (higher is better; not comparable to VBench{grid})",
-             "  NFE   student   teacher Euler+CFG"]
-    lines += [f"  {n:>3}   {cell('student', n):>7}   {cell('teacher_euler', n):>7}" for n in nfes]
+             "  NFE" + "".join(f"   {SAMPLER_LABELS[m]}" for m in models)]
+    lines += [f"  {n:>3}" + "".join(f"   {cell(m, n):>{len(SAMPLER_LABELS[m])}}" for m in models) for n in nfes]
     if ref is not None:
         lines.append(f"  teacher reference ({ref['steps']} steps + CFG, NFE {ref['nfe']}): {ref['total']:.3f} "
                      f"[{ref['total_ci_lo']:.3f}, {ref['total_ci_hi']:.3f}]")
@@ -189,11 +195,12 @@ def _report(summary: dict) -> None:
             print(score_table(json.loads(rows.read_text()), ev.get("grid_shift")))
         verdict = {True: "passed", False: "FAILED", None: "not run"}[ev["anystep_ok"]]
         print(f"[anyflow] any-step check (no significant fall at any NFE doubling): {verdict}; plot {ev['plot']}")
-        if ev.get("anystep_span"):
-            span = ev["anystep_span"]
-            print(f"[anyflow] {span['from']} -> {span['to']} NFE: Total {span['delta']:+.3f} "
-                  f"[{span['ci_lo']:+.3f}, {span['ci_hi']:+.3f}] (paired 95% CI; "
-                  f"{'does not fall' if span['ok'] else 'FALLS'})")
+        spans = {"student": ev.get("anystep_span"), **ev.get("baseline_spans", {})}
+        for model, span in spans.items():
+            if span:
+                print(f"[anyflow] {SAMPLER_LABELS.get(model, model)}, {span['from']} -> {span['to']} NFE: Total "
+                      f"{span['delta']:+.3f} [{span['ci_lo']:+.3f}, {span['ci_hi']:+.3f}] (paired 95% CI; "
+                      f"{'does not fall' if span['ok'] else 'FALLS'})")
     if summary.get("finetune"):
         ft = summary["finetune"]
         print(f"[anyflow] fine-tuned student: {summary['finetuned_model']}")

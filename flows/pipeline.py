@@ -54,6 +54,7 @@ def _evaluate(cfg, parent: str, summary: dict, t: StageHandle, student: StageHan
                              "plot": str(Path(ev.path) / ev.summary["plot"]),
                              "student_total": ev.summary["student_total"], "anystep_ok": ev.summary["anystep_ok"],
                              "anystep_span": ev.summary.get("anystep_span"),
+                             "baseline_spans": ev.summary.get("baseline_spans", {}),
                              "grid_shift": grid_shift(cfg)}
 
 

@@ -1,6 +1,6 @@
-"""Evaluate stage: NFE sweep of an exported student against the teacher's Euler and full-step reference
-(ToyBench for the toy world), with a table, a plot, sample sheets, bootstrap CIs and the any-step check,
-all logged to the stage's MLflow run."""
+"""Evaluate stage: NFE sweep of an exported student against the teacher's Euler and full-step reference (and,
+when asked, the same student sampled consistency-style), ToyBench for the toy world, with a table, a plot,
+sample sheets, bootstrap CIs and the any-step check, all logged to the stage's MLflow run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from prefect import task
 
 from anyflow import vbench
-from anyflow.evaluation import SweepSpec, plot_sweep, student_sampler, teacher_sampler, toy_sweep
+from anyflow.evaluation import SweepSpec, consistency_sampler, plot_sweep, student_sampler, teacher_sampler, toy_sweep
 from anyflow.export import Student, load_student
 from anyflow.media import contact_sheet, save_gif
 from anyflow.wan import load_teacher
@@ -82,16 +82,18 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
         model = load_teacher(teacher.path, negative_prompt=cfg.teacher.negative_prompt)
         spec = sweep_spec(cfg)
         exported = _to_sweep_grid(load_student(Path(student.path) / student.summary["model"]), spec.shift)
-        samplers = {"student": student_sampler(exported.pipe.transformer, spec.shift),
-                    "teacher_euler": teacher_sampler(model, model.uncond_embedding(), spec.teacher_guidance_scale,
-                                                     spec.shift)}
+        samplers = {"student": student_sampler(exported.pipe.transformer, spec.shift)}
+        if cfg.evaluation.consistency_baseline:
+            samplers["consistency"] = consistency_sampler(exported.pipe.transformer, spec.shift, spec.seed)
+        samplers["teacher_euler"] = teacher_sampler(model, model.uncond_embedding(), spec.teacher_guidance_scale,
+                                                    spec.shift)
         result = toy_sweep(samplers, model, spec, world, progress=lambda msg: print(f"[evaluate] {msg}", flush=True))
         table = pa.Table.from_pylist(result.rows)
         pq.write_table(table, out / "table.parquet")
         (out / "table.json").write_text(json.dumps(result.rows, indent=2))
         (out / "anystep.json").write_text(json.dumps(result.anystep, indent=2))
         plot_sweep(result.rows, out / "score_vs_nfe.png")
-        for model_name in ("student", "teacher_euler"):
+        for model_name in samplers:
             rows = {f"{n} NFE": v[:4] for (m, n), v in sorted(result.videos.items()) if m == model_name}
             if rows:
                 contact_sheet(rows, out / f"samples_{model_name}.png")
@@ -104,25 +106,34 @@ def run_evaluation(cfg: PipelineConfig, teacher: StageHandle, student: StageHand
             ctx.log({f"{prefix}/{k}_nfe{r['nfe']}": v for k, v in items.items()}, r["nfe"])   # MLflow forbids "@"
             ctx.log({f"{prefix}/{k}": v for k, v in items.items()}, r["nfe"])   # curves over NFE
         if result.anystep:
-            ctx.log({"eval/anystep_ok": float(result.anystep["ok"]), "eval/anystep_spearman": result.anystep["spearman"]}, 0)
-            if "span" in result.anystep:         # evaluation.md's ΔTotal(4 -> 32) and Spearman over 4-32 NFE
-                span = result.anystep["span"]
-                ctx.log({"eval/anystep_span_delta": span["delta"], "eval/anystep_span_ci_lo": span["ci_lo"],
-                         "eval/anystep_span_ci_hi": span["ci_hi"],
-                         "eval/anystep_spearman_span": result.anystep["spearman_span"]}, 0)
+            for name, check in {"student": result.anystep, **result.anystep.get("baselines", {})}.items():
+                _log_anystep(ctx, "eval" if name == "student" else f"eval/{name}", check)
             ctx.tracker.set_tags(ctx.run_id, {"anystep_ok": str(result.anystep["ok"]).lower()})
         ctx.log.flush()
-        for name in ("table.parquet", "table.json", "anystep.json", "score_vs_nfe.png", "samples_student.png",
-                     "samples_teacher_euler.png"):
+        for name in ("table.parquet", "table.json", "anystep.json", "score_vs_nfe.png",
+                     *(f"samples_{m}.png" for m in samplers)):
             if (out / name).exists():
                 ctx.log_artifact(out / name)
         ctx.log_artifact(out / "gifs", "gifs")
         student_rows = {r["nfe"]: round(r["total"], 4) for r in result.rows if r["model"] == "student"}
+        baseline_spans = {m: c["span"] for m, c in result.anystep.get("baselines", {}).items() if "span" in c}
         return {"table": "table.parquet", "plot": "score_vs_nfe.png", "student_total": student_rows,
-                "anystep_ok": result.anystep.get("ok"), "anystep_span": result.anystep.get("span")}
+                "anystep_ok": result.anystep.get("ok"), "anystep_span": result.anystep.get("span"),
+                "baseline_spans": baseline_spans}
 
     return run_stage(cfg, "evaluate", evaluate_key(cfg, teacher, student), evaluate_params(cfg), parent_run_id,
                      build)
+
+
+def _log_anystep(ctx: StageContext, prefix: str, check: dict) -> None:
+    """The any-step statistics of one sampler: the pairwise verdict, Spearman ρ and, with NFEs from 4 up,
+    evaluation.md's ΔTotal(4 -> last) with its paired CI and Spearman ρ over those NFEs."""
+    ctx.log({f"{prefix}/anystep_ok": float(check["ok"]), f"{prefix}/anystep_spearman": check["spearman"]}, 0)
+    if "span" in check:
+        span = check["span"]
+        ctx.log({f"{prefix}/anystep_span_delta": span["delta"], f"{prefix}/anystep_span_ci_lo": span["ci_lo"],
+                 f"{prefix}/anystep_span_ci_hi": span["ci_hi"],
+                 f"{prefix}/anystep_spearman_span": check["spearman_span"]}, 0)
 
 
 @task(name="evaluate", cache_key_fn=prefect_cache_key("evaluate", evaluate_key), persist_result=True)

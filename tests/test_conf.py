@@ -114,7 +114,15 @@ def test_evaluation_grid_shift_defaults_to_the_training_shift():
 def test_training_probe_needs_toybench():
     assert conf.load("toy", ["stage2.probe_every=100"]).stage2.probe_every == 100
     with pytest.raises(conf.ConfigError, match="stage2.probe_every=100.*'vbench'"):
-        conf.load("toy", ["stage2.probe_every=100", "evaluation.backend=vbench"])
+        conf.load("toy", ["stage2.probe_every=100", "evaluation.backend=vbench",
+                          "evaluation.consistency_baseline=false"])
+
+
+def test_consistency_baseline_needs_toybench():
+    assert conf.load("toy").evaluation.consistency_baseline
+    assert not conf.load("wan2.1-t2v-1.3b").evaluation.consistency_baseline      # off by default: VBench runs
+    with pytest.raises(conf.ConfigError, match="evaluation.consistency_baseline=true.*'vbench'"):
+        conf.load("toy", ["stage2.probe_every=0", "evaluation.backend=vbench"])
 
 
 def test_probe_settings_do_not_key_stage2():

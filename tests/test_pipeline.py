@@ -102,7 +102,9 @@ def test_mlflow_parent_and_children(twice):
     assert {"score_vs_nfe.png", "table.parquet", "table.json", "anystep.json"} <= {
         a.path for a in client.list_artifacts(ev.info.run_id)}
     assert {"eval/total_nfe1", "eval/total_nfe4", "eval/teacher_euler/total_nfe4", "eval/anystep_ok",
-            "eval/anystep_span_delta", "eval/anystep_spearman_span", "eval/step_convergence_nfe4"} <= set(ev.data.metrics)
+            "eval/anystep_span_delta", "eval/anystep_spearman_span", "eval/step_convergence_nfe4",
+            "eval/consistency/total_nfe4", "eval/consistency/anystep_span_delta",
+            "eval/teacher_euler/anystep_span_delta"} <= set(ev.data.metrics)
     assert "eval/step_convergence_nfe8" not in ev.data.metrics          # no 16-NFE sweep to compare with
     assert ev.data.tags["anystep_ok"] in ("true", "false")
     assert sorted(m.step for m in client.get_metric_history(ev.info.run_id, "eval/total")) == [1, 2, 4, 8]
@@ -210,6 +212,8 @@ def test_evaluate_entry_scores_any_exported_folder(twice, tmp_path):
     assert set(out["evaluation"]["student_total"]) == {1, 2, 4, 8} and Path(out["evaluation"]["plot"]).is_file()
     span = out["evaluation"]["anystep_span"]
     assert (span["from"], span["to"]) == (4, 8) and span["ci_lo"] <= span["delta"] <= span["ci_hi"]
+    spans = out["evaluation"]["baseline_spans"]          # the ci preset also samples the student consistency-style
+    assert set(spans) == {"consistency", "teacher_euler"} and (spans["consistency"]["from"], spans["consistency"]["to"]) == (4, 8)
     again = evaluate_model(model=str(copy), preset="ci", overrides=[f"paths.root={root}"])
     assert states(again) == {"teacher": "Cached", "evaluate": "Cached"}
 

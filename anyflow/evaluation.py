@@ -58,9 +58,13 @@ def latent_shape(teacher: Teacher, world: toyworld.WorldSpec) -> tuple[int, ...]
     return tuple(teacher.encode_video(torch.zeros(1, 3, world.num_frames, world.height, world.width)).shape[1:])
 
 
+def _flow_map(model, text: torch.Tensor) -> AverageVelocityFn:
+    """u(z, t, r) of the flow-map `model` under the prompt embeddings `text` (guidance fused)."""
+    return lambda z, t, r: average_velocity(model, z, t, r, text)
+
+
 def student_sampler(model, shift: float) -> Sampler:
-    return lambda noise, text, steps: sample_flow_map(
-        lambda z, t, r: average_velocity(model, z, t, r, text), noise, steps, shift)
+    return lambda noise, text, steps: sample_flow_map(_flow_map(model, text), noise, steps, shift)
 
 
 def renoise(z_T: torch.Tensor, step: int, seed: int) -> torch.Tensor:
@@ -95,8 +99,7 @@ def sample_consistency(u_fn: AverageVelocityFn, noise: torch.Tensor, num_steps: 
 
 def consistency_sampler(model, shift: float, seed: int) -> Sampler:
     """The flow-map student sampled consistency-style (`sample_consistency`), guidance fused: NFE = N."""
-    return lambda noise, text, steps: sample_consistency(
-        lambda z, t, r: average_velocity(model, z, t, r, text), noise, steps, shift, seed)
+    return lambda noise, text, steps: sample_consistency(_flow_map(model, text), noise, steps, shift, seed)
 
 
 def teacher_sampler(teacher: Teacher, uncond: torch.Tensor, guidance: float, shift: float) -> Sampler:

@@ -7,6 +7,9 @@ PY     := $(VENV)/bin/python
 PRESET ?= toy
 SET    ?=
 STAMP  := $(VENV)/.installed
+# pip would byte-compile every file it installs (all of torch's); Python compiles what a run imports on first
+# use instead. Measured on a 2-core machine: set-up 163 s -> 106 s, the first import included.
+PIP    := $(PY) -m pip install -q --no-compile
 
 # Offline, quiet, reproducible defaults (DESIGN §10); override from the environment if needed.
 export HF_HUB_OFFLINE ?= 1
@@ -26,14 +29,14 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
 	    echo "[setup] CUDA present: installing torch from the default index"; \
-	    $(PY) -m pip install -q "torch>=2.6,<2.14" 2>&1 | grep -v "is ignored" || true; \
+	    $(PIP) "torch>=2.6,<2.14" 2>&1 | grep -v "is ignored" || true; \
 	else \
 	    echo "[setup] no CUDA: installing CPU torch 2.13.0"; \
-	    $(PY) -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true; \
+	    $(PIP) torch==2.13.0 2>&1 | grep -v "is ignored" || true; \
 	fi
 	@$(PY) -c "import torch" || { echo "[setup] torch failed to install"; exit 1; }
 	@echo "[setup] installing the project and its test dependencies"
-	@$(PY) -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
+	@$(PIP) -e ".[test]" 2>&1 | grep -v "is ignored" || true
 	@$(PY) -c "import anyflow, conf, prefect, mlflow, diffusers, peft" || { echo "[setup] project install failed"; exit 1; }
 	@touch $(STAMP)
 

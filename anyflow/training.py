@@ -48,6 +48,8 @@ class LoopSpec:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_start_step: int = 0            # the EMA copies the weights until this step (recipe §4.3)
+    ema_ramp: bool = False             # False: decay ema_decay from then on (recipe §4.3); True: diffusers' default
+                                       # warm-up min(ema_decay, (1 + n) / (10 + n)), n steps after the start
     checkpoint_every: int = 100
     seed: int = 0
     name: str = "train"                # metric prefix and progress-bar label
@@ -148,7 +150,10 @@ def train_updates(updates: list[Update], batches: BatchSource, spec: LoopSpec, c
     n = len(updates)
     models, opts, scheds = list(prepared[:n]), list(prepared[n:2 * n]), list(prepared[2 * n:])
     owner = owners[0]
-    ema = EMAModel(owner.params, decay=spec.ema_decay, update_after_step=spec.ema_start_step)
+    # EMAModel ramps its decay by default; min_decay = decay turns the ramp off (a 400-step stage with
+    # decay 0.99 would otherwise never pass 0.975)
+    ema = EMAModel(owner.params, decay=spec.ema_decay, min_decay=0.0 if spec.ema_ramp else spec.ema_decay,
+                   update_after_step=spec.ema_start_step)
     generator = torch.Generator().manual_seed(spec.seed + accelerator.process_index)
     start, position = 0, 0
     resume = _latest(ckpt_dir)

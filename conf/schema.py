@@ -76,6 +76,7 @@ class Stage1Config(Section):
     velocity_target: Literal["data", "teacher"] = "data"  # teacher: regress the teacher's CFG velocity, not ε − x₀
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
+    ema_ramp: bool = False                              # True: diffusers' decay warm-up (README "Stage 1")
     checkpoint_every: int = Field(200, ge=1)
     num_processes: int = Field(1, ge=1)                 # > 1: accelerate launch with that many processes (gloo on CPU)
     gradient_checkpointing: bool = False                # recompute block activations in backward (memory, not result)
@@ -107,6 +108,7 @@ class TeacherTuneConfig(Section):
     text_dropout: float = Field(0.1, ge=0, lt=1)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
+    ema_ramp: bool = False                              # True: diffusers' decay warm-up (README "Stage 1")
     checkpoint_every: int = Field(100, ge=1)
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -141,6 +143,7 @@ class Stage2Config(Section):
     probe_prompts: int = Field(32, ge=2)                   # the first N evaluation prompts, the evaluation's noise
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start_step: int = Field(200, ge=0)
+    ema_ramp: bool = False                              # True: diffusers' decay warm-up (README "Stage 1")
     checkpoint_every: int = Field(100, ge=1)
     gradient_checkpointing: bool = False                   # generator and critic; memory, not result
     seed: int = 0
@@ -205,6 +208,7 @@ class FinetuneConfig(Section):
     extra_lora_targets: tuple[str, ...] = ("attn2.to_k", "attn2.to_v")
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_start_step: int = Field(100, ge=0)
+    ema_ramp: bool = False                              # True: diffusers' decay warm-up (README "Stage 1")
     checkpoint_every: int = Field(100, ge=1)
     nfe_list: tuple[int, ...] = (1, 2, 4, 8)            # downstream evaluation, before and after
     base_nfe_list: tuple[int, ...] = (4,)               # base-domain check: did fine-tuning forget?

@@ -69,6 +69,25 @@ def test_only_lora_moves_and_ema_is_applied(shards, tmp_path):
     assert sorted(p.name for p in (tmp_path / "c").glob("step-*")) == ["step-0000004", "step-0000006"]
 
 
+@pytest.mark.parametrize("ramp", [False, True])
+def test_ema_decay_is_the_configured_one_after_the_start_unless_ramped(shards, tmp_path, ramp):
+    """Recipe §4.3: the EMA copies the weights until the start step, then decays by ema_decay. diffusers'
+    EMAModel ramps min(decay, (1 + n) / (10 + n)) by default, which only `ema_ramp` asks for."""
+    student = student_from_teacher(tiny_wan())
+    params = attach_lora(student, LoraSpec(rank=2, alpha=2.0))
+    reader = ShardReader(shards)
+    uncond = torch.zeros(1, 12, 32)
+    step = lambda model, batch, gen: flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond,
+                                                  FlowMapLossSpec(), gen)
+    loop = LoopSpec(num_steps=6, lr=1e-2, ema_decay=0.9, ema_start_step=2, ema_ramp=ramp, checkpoint_every=6,
+                    name="t")
+    decays = []
+    train(student, params, step, lambda pos: reader.batches(4, seed=0, start=pos), loop, tmp_path,
+          log=lambda m, s: decays.append(m["t/ema_decay"]), progress=False)
+    ramped = [min(0.9, (1 + n) / (10 + n)) for n in (1, 2, 3)]   # n = step - start - 1
+    assert decays == pytest.approx([0.0, 0.0, 0.0] + (ramped if ramp else [0.9, 0.9, 0.9]))
+
+
 def test_loop_spec_takes_every_field_a_config_section_has():
     import conf
     from tasks.stagerun import loop_spec

@@ -143,7 +143,7 @@ class Stage2Config(Section):
     probe_prompts: int = Field(32, ge=2)                   # the first N evaluation prompts, the evaluation's noise
     ema_decay: float = Field(0.99, ge=0, lt=1)
     ema_start_step: int = Field(200, ge=0)
-    ema_ramp: bool = False                              # True: diffusers' decay warm-up (README "Stage 1")
+    ema_ramp: bool = False                                 # True: diffusers' decay warm-up (README "Stage 1")
     checkpoint_every: int = Field(100, ge=1)
     gradient_checkpointing: bool = False                   # generator and critic; memory, not result
     seed: int = 0

@@ -25,25 +25,31 @@ def shards(tmp_path_factory):
     return out
 
 
-def run(shards, ckpt, crash_at=None, steps=6):
+def tiny_setup(shards, spec: FlowMapLossSpec, uncond: torch.Tensor):
+    """A tiny student with its LoRA, a stage-1 step function and the shards as a batch source."""
     student = student_from_teacher(tiny_wan())
     params = attach_lora(student, LoraSpec(rank=2, alpha=2.0))
     reader = ShardReader(shards)
+    step = lambda model, batch, gen: flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, spec, gen)
+    return student, params, step, lambda pos: reader.batches(4, seed=0, start=pos)
+
+
+def run(shards, ckpt, crash_at=None, steps=6):
     uncond = torch.zeros(1, 12, 32)
     uncond[:, 0] = 1
-    spec = FlowMapLossSpec(text_dropout=0.5)
+    student, params, loss_step, batches = tiny_setup(shards, FlowMapLossSpec(text_dropout=0.5), uncond)
 
     def step(model, batch, gen):
         if crash_at is not None and step.calls == crash_at:
             raise RuntimeError("killed")
         step.calls += 1
-        return flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, spec, gen)
+        return loss_step(model, batch, gen)
     step.calls = 0
 
     loop = LoopSpec(num_steps=steps, lr=1e-2, warmup_steps=2, ema_decay=0.9, ema_start_step=1, checkpoint_every=2,
                     seed=3, name="t")
     logged = []
-    summary = train(student, params, step, lambda pos: reader.batches(4, seed=0, start=pos), loop, ckpt,
+    summary = train(student, params, step, batches, loop, ckpt,
                     log=lambda m, s: logged.append((s, m["t/loss"])), progress=False)
     return student, summary, logged
 
@@ -73,17 +79,12 @@ def test_only_lora_moves_and_ema_is_applied(shards, tmp_path):
 def test_ema_decay_is_the_configured_one_after_the_start_unless_ramped(shards, tmp_path, ramp):
     """Recipe §4.3: the EMA copies the weights until the start step, then decays by ema_decay. diffusers'
     EMAModel ramps min(decay, (1 + n) / (10 + n)) by default, which only `ema_ramp` asks for."""
-    student = student_from_teacher(tiny_wan())
-    params = attach_lora(student, LoraSpec(rank=2, alpha=2.0))
-    reader = ShardReader(shards)
-    uncond = torch.zeros(1, 12, 32)
-    step = lambda model, batch, gen: flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond,
-                                                  FlowMapLossSpec(), gen)
+    student, params, step, batches = tiny_setup(shards, FlowMapLossSpec(), torch.zeros(1, 12, 32))
     loop = LoopSpec(num_steps=6, lr=1e-2, ema_decay=0.9, ema_start_step=2, ema_ramp=ramp, checkpoint_every=6,
                     name="t")
     decays = []
-    train(student, params, step, lambda pos: reader.batches(4, seed=0, start=pos), loop, tmp_path,
-          log=lambda m, s: decays.append(m["t/ema_decay"]), progress=False)
+    train(student, params, step, batches, loop, tmp_path, log=lambda m, s: decays.append(m["t/ema_decay"]),
+          progress=False)
     ramped = [min(0.9, (1 + n) / (10 + n)) for n in (1, 2, 3)]   # n = step - start - 1
     assert decays == pytest.approx([0.0, 0.0, 0.0] + (ramped if ramp else [0.9, 0.9, 0.9]))
 
@@ -101,18 +102,12 @@ def test_loop_spec_takes_every_field_a_config_section_has():
 def test_after_step_sees_the_ema_weights_and_changes_nothing(shards, tmp_path):
     """Probes score the EMA weights (what a stage exports) from inside the loop; leaving them must restore the
     trained weights exactly, so a run with the hook ends bit for bit where a run without it does."""
-    uncond = torch.zeros(1, 12, 32)
-    spec = FlowMapLossSpec(text_dropout=0.5)
     loop = LoopSpec(num_steps=4, lr=1e-2, warmup_steps=0, ema_decay=0.5, ema_start_step=0, checkpoint_every=4,
                     seed=3, name="t")
 
     def go(ckpt, hook=None):
-        student = student_from_teacher(tiny_wan())
-        params = attach_lora(student, LoraSpec(rank=2, alpha=2.0))
-        step = lambda model, batch, gen: flowmap_loss(model, batch.latents, batch.prompt_embeds, uncond, spec, gen)
-        reader = ShardReader(shards)
-        train_updates([Update("t", student, params, step, lr=loop.lr, ema=True)],
-                      lambda pos: reader.batches(4, seed=0, start=pos), loop, ckpt, progress=False,
+        student, params, step, batches = tiny_setup(shards, FlowMapLossSpec(text_dropout=0.5), torch.zeros(1, 12, 32))
+        train_updates([Update("t", student, params, step, lr=loop.lr, ema=True)], batches, loop, ckpt, progress=False,
                       after_step=None if hook is None else lambda done, ema: hook(done, ema, params))
         return params
 
